@@ -1,0 +1,163 @@
+"""Reading runs back: ``stepline.Api()``, shaped like W&B's public API."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from stepline import paths
+from stepline.channel import Channel
+from stepline.errors import UsageError
+
+DEFAULT_TIMEOUT = 60.0
+
+
+class Api:
+    """Read access to the daemon's runs, over its socket (one connection, lazily opened)."""
+
+    def __init__(self, socket: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self._path = paths.resolve_socket(socket)
+        self._timeout = timeout
+        self._chan: Channel | None = None
+        self._lock = threading.Lock()
+
+    def _call(self, msg: dict[str, Any]) -> Any:
+        with self._lock:
+            if self._chan is None:
+                self._chan = Channel(self._path, self._timeout)
+            try:
+                return self._chan.request(msg, self._timeout)
+            except OSError:
+                # A broken connection is not reused; the next call reconnects.
+                self._chan.close()
+                self._chan = None
+                raise
+
+    def close(self) -> None:
+        with self._lock:
+            if self._chan is not None:
+                self._chan.close()
+                self._chan = None
+
+    def projects(self) -> list[str]:
+        out: list[str] = self._call({"op": "runs"})["projects"]
+        return out
+
+    def runs(self, project: str) -> list[ApiRun]:
+        return [ApiRun(self, d) for d in self._call({"op": "runs", "project": project})["runs"]]
+
+    def run(self, path: str) -> ApiRun:
+        """``"project/run_id"``."""
+        project, sep, run_id = path.partition("/")
+        if not sep or not project or not run_id:
+            raise UsageError(f"Api.run() takes 'project/run_id', got {path!r}")
+        return ApiRun(self, self._call({"op": "info", "project": project, "id": run_id}))
+
+
+class ApiRun:
+    """One run as stored: metadata, summary, config, lineage and history."""
+
+    def __init__(self, api: Api, info: dict[str, Any]) -> None:
+        self._api = api
+        self._info = info
+
+    def refresh(self) -> ApiRun:
+        self._info = self._api._call({"op": "info", "project": self.project, "id": self.id})
+        return self
+
+    def _full(self, key: str) -> Any:
+        if key not in self._info:
+            self.refresh()
+        return self._info[key]
+
+    id = property(lambda self: self._info["id"])
+    project = property(lambda self: self._info["project"])
+    name = property(lambda self: self._info["name"])
+    state = property(lambda self: self._info["state"])
+    tags = property(lambda self: self._info["tags"])
+    last_step = property(lambda self: self._info["last_step"])
+    dropped = property(lambda self: self._info["dropped"])
+    summary = property(lambda self: self._info["summary"])
+    config = property(lambda self: self._full("config"))
+
+    @property
+    def parent(self) -> tuple[str, int] | None:
+        """``(run_id, step)`` this run's view branches from, or None."""
+        p = self._info["parent"]
+        return None if p is None else (p["id"], p["step"])
+
+    @property
+    def lineage(self) -> list[tuple[str, int]]:
+        """Ancestors, nearest first, as ``(run_id, step)``."""
+        return [(a["id"], a["step"]) for a in self._full("lineage")]
+
+    @property
+    def children(self) -> list[tuple[str, int]]:
+        """Runs branching from this one (forks, and the timeline a rewind started)."""
+        return [(c["id"], c["step"]) for c in self._full("children")]
+
+    def _query(self, op: str, **params: Any) -> dict[str, Any]:
+        msg = {"op": op, "project": self.project, "id": self.id}
+        msg.update({k: v for k, v in params.items() if v is not None})
+        out: dict[str, Any] = self._api._call(msg)
+        return out
+
+    def scan_history(
+        self,
+        keys: list[str] | None = None,
+        page_size: int = 1000,
+        min_step: int = 0,
+        max_step: int | None = None,
+        include_parent: bool = True,
+    ) -> Iterator[dict[str, Any]]:
+        """Every row in ``[min_step, max_step)``, exactly, page by page.
+
+        With ``keys``, only rows that have all of them, holding only them (and
+        ``_step``), as W&B does.
+        """
+        start: int | None = min_step
+        while start is not None:
+            page = self._query(
+                "scan",
+                keys=keys,
+                limit=page_size,
+                min_step=start,
+                max_step=max_step,
+                include_parent=include_parent,
+            )
+            yield from page["rows"]
+            start = page["next"]
+
+    def history(
+        self,
+        keys: list[str] | None = None,
+        samples: int = 500,
+        min_step: int | None = None,
+        max_step: int | None = None,
+        pandas: bool = True,
+        include_parent: bool = True,
+    ) -> Any:
+        """At most ``samples`` evenly spaced rows; always the first and the last.
+
+        A pandas DataFrame when ``pandas`` is true and pandas imports, else a
+        list of dicts.
+        """
+        rows = self._query(
+            "history",
+            keys=keys,
+            samples=samples,
+            min_step=min_step,
+            max_step=max_step,
+            include_parent=include_parent,
+        )["rows"]
+        if pandas:
+            try:
+                import pandas as pd
+            except ImportError:
+                return rows
+            return pd.DataFrame(rows)
+        return rows
+
+    def __repr__(self) -> str:
+        return f"<stepline.ApiRun {self.project}/{self.id} ({self.state})>"

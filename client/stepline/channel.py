@@ -1,0 +1,88 @@
+"""A blocking connection to the daemon: frames out, messages in.
+
+Used for request/response traffic (reads, and ``init`` through the sender). It
+owns a socket and a :class:`~stepline.protocol.Decoder`, nothing more.
+"""
+
+from __future__ import annotations
+
+import itertools
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from stepline import protocol
+from stepline.errors import DaemonUnavailable, ProtocolError, Timeout, from_reply
+
+_RECV = 256 * 1024
+
+
+class Channel:
+    def __init__(self, path: Path, timeout: float) -> None:
+        self.path = path
+        self.decoder = protocol.Decoder()
+        self._rids = itertools.count(1)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            sock.close()
+            raise DaemonUnavailable(
+                f"no stepline daemon is listening on {path} ({exc.strerror}); "
+                "start one with `stepline daemon`"
+            ) from None
+        except OSError as exc:
+            sock.close()
+            raise DaemonUnavailable(
+                f"cannot connect to the stepline daemon at {path}: {exc}"
+            ) from None
+        self.sock = sock
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def send(self, frame: bytes) -> None:
+        self.sock.sendall(frame)
+
+    def receive(self, deadline: float | None) -> protocol.Message:
+        """The next message, waiting until ``deadline`` (a ``time.monotonic`` value)."""
+        while True:
+            msg = self.decoder.next_message()
+            if msg is not None:
+                return msg
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise Timeout(f"the stepline daemon at {self.path} did not answer in time")
+                self.sock.settimeout(left)
+            else:
+                self.sock.settimeout(None)
+            try:
+                data = self.sock.recv(_RECV)
+            except TimeoutError:
+                raise Timeout(
+                    f"the stepline daemon at {self.path} did not answer in time"
+                ) from None
+            if not data:
+                raise DaemonUnavailable(f"the stepline daemon at {self.path} closed the connection")
+            self.decoder.feed(data)
+
+    def request(self, msg: dict[str, Any], timeout: float | None) -> Any:
+        """Send a request with a fresh ``rid`` and return its result, or raise its error."""
+        rid = next(self._rids)
+        self.send(protocol.encode({**msg, "rid": rid}))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            reply = self.receive(deadline)
+            if reply.get("rid") != rid:
+                continue  # a stray reply to an earlier, abandoned request
+            if reply["op"] == "error":
+                raise from_reply(str(reply.get("code")), str(reply.get("message")))
+            if reply["op"] != "ok":
+                raise ProtocolError("bad_reply", f"unexpected reply {reply['op']!r} to a request")
+            return reply.get("result")

@@ -1,0 +1,162 @@
+"""The wire protocol, without I/O: bytes in, messages out; messages in, bytes out.
+
+A frame is a 4-byte big-endian length followed by one msgpack-encoded map. Every
+map has an ``op`` key naming the message. The same module is used by the client
+and the daemon, so neither side can drift from the other; tests feed it bytes one
+at a time, which is where framing bugs hide.
+
+Messages (client -> daemon):
+    hello    {client, version}
+    init     {rid, project, id?, name?, config?, fork_from?, resume_from?, resume?}
+    log      {run, seq, rows: [[step, {key: value}], ...]}
+    config   {run, seq, config}            merged into the run's config
+    summary  {run, seq, summary}           explicit summary values (they win)
+    metric   {run, seq, name, summary}     define_metric
+    finish   {run, seq, exit_code}
+    runs     {rid, project}
+    info     {rid, project, id}
+    scan     {rid, project, id, keys?, min_step, max_step?, limit, include_parent}
+    history  {rid, project, id, keys?, min_step?, max_step?, samples, include_parent}
+
+Messages (daemon -> client):
+    welcome  {version, server}
+    ok       {rid, result}
+    ack      {run, seq}                    the batch is committed and synced
+    error    {code, message, rid?, run?, seq?}
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable
+from typing import Any
+
+import msgpack
+
+from stepline.errors import ProtocolError
+
+PROTOCOL_VERSION = 1
+
+# Largest frame either side accepts. A batch of a few thousand rows of ordinary
+# metrics is well under a megabyte; 16 MiB leaves room for big config blobs while
+# keeping one hostile length prefix from making a peer allocate gigabytes.
+MAX_FRAME_SIZE = 16 * 1024 * 1024
+
+_HEADER = struct.Struct(">I")
+HEADER_SIZE = _HEADER.size
+
+Message = dict[str, Any]
+
+
+def _unpack(payload: bytes) -> Message:
+    try:
+        # strict_map_key=False: row maps are validated by the receiver, which can
+        # then say *which* key was wrong instead of a generic decode failure.
+        msg = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise ProtocolError("bad_frame", f"frame is not valid msgpack: {exc}") from None
+    if not isinstance(msg, dict) or not isinstance(msg.get("op"), str):
+        raise ProtocolError("bad_frame", "frame must be a msgpack map with a string 'op'")
+    return msg
+
+
+def encode(msg: Message) -> bytes:
+    """One message as one frame."""
+    payload: bytes = msgpack.packb(msg, use_bin_type=True)
+    if len(payload) > MAX_FRAME_SIZE:
+        raise ProtocolError(
+            "frame_too_large", f"frame of {len(payload)} bytes exceeds {MAX_FRAME_SIZE}"
+        )
+    return _HEADER.pack(len(payload)) + payload
+
+
+def _array_header(n: int) -> bytes:
+    if n < 16:
+        return bytes((0x90 | n,))
+    if n < 1 << 16:
+        return b"\xdc" + n.to_bytes(2, "big")
+    return b"\xdd" + n.to_bytes(4, "big")
+
+
+def pack_row(step: int, values: dict[str, Any]) -> bytes:
+    """One history row, packed once on the caller's thread and never re-encoded."""
+    out: bytes = msgpack.packb((step, values), use_bin_type=True)
+    return out
+
+
+def encode_log(run: int, seq: int, packed_rows: Iterable[bytes], count: int) -> bytes:
+    """A ``log`` frame assembled from rows already packed with :func:`pack_row`.
+
+    Splicing bytes avoids decoding and re-encoding every row in the sender thread,
+    which would hold the GIL against the training loop.
+    """
+    head: bytes = msgpack.packb({"op": "log", "run": run, "seq": seq}, use_bin_type=True)
+    # A fixmap header encodes its size in the low nibble; add one entry for rows.
+    assert head[0] & 0xF0 == 0x80
+    parts = [bytes((head[0] + 1,)), head[1:], b"\xa4rows", _array_header(count), *packed_rows]
+    payload = b"".join(parts)
+    if len(payload) > MAX_FRAME_SIZE:
+        raise ProtocolError(
+            "frame_too_large", f"log frame of {len(payload)} bytes exceeds {MAX_FRAME_SIZE}"
+        )
+    return _HEADER.pack(len(payload)) + payload
+
+
+class Decoder:
+    """Incremental frame decoder: ``feed`` bytes, then drain ``next_message``.
+
+    After a :class:`ProtocolError` the stream is out of sync and the decoder stays
+    broken; the owner replies with an error and closes the connection.
+    """
+
+    def __init__(self, max_frame_size: int = MAX_FRAME_SIZE) -> None:
+        self._buf = bytearray()
+        self._pos = 0
+        self._max = max_frame_size
+        self._broken: ProtocolError | None = None
+
+    def feed(self, data: bytes) -> None:
+        self._buf += data
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf) - self._pos
+
+    def next_message(self) -> Message | None:
+        """The next complete message, or None when more bytes are needed."""
+        if self._broken is not None:
+            raise self._broken
+        avail = len(self._buf) - self._pos
+        if avail < HEADER_SIZE:
+            self._compact()
+            return None
+        (length,) = _HEADER.unpack_from(self._buf, self._pos)
+        if length > self._max:
+            self._broken = ProtocolError(
+                "frame_too_large", f"frame of {length} bytes exceeds the maximum of {self._max}"
+            )
+            raise self._broken
+        if avail < HEADER_SIZE + length:
+            self._compact()
+            return None
+        start = self._pos + HEADER_SIZE
+        payload = bytes(self._buf[start : start + length])
+        self._pos = start + length
+        try:
+            return _unpack(payload)
+        except ProtocolError as exc:
+            self._broken = exc
+            raise
+
+    def messages(self) -> list[Message]:
+        out = []
+        while (msg := self.next_message()) is not None:
+            out.append(msg)
+        return out
+
+    def _compact(self) -> None:
+        # Drop consumed bytes only when waiting for more, so a burst of small
+        # frames is decoded without repeated copying.
+        if self._pos:
+            del self._buf[: self._pos]
+            self._pos = 0

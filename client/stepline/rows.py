@@ -1,0 +1,180 @@
+"""What a history row may hold, and W&B's step semantics. Pure: no I/O, no threads.
+
+``flatten`` turns what a user passes to ``log()`` into a flat ``{str: scalar}``
+map or raises at once; :class:`StepTracker` decides, call by call, which rows
+are committed at which step, exactly as W&B does, and hands committed rows to a
+sink. The daemon uses :func:`check_row` to validate what arrives on the wire.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any
+
+# One row larger than this is refused at the log() call. W&B's own history rows
+# are capped in the same range; anything bigger is a media blob, not a metric.
+MAX_ROW_BYTES = 1024 * 1024
+MAX_KEYS_PER_ROW = 10_000
+MAX_KEY_LEN = 256
+
+_INT_MIN = -(1 << 63)
+_INT_MAX = (1 << 64) - 1
+STEP_MAX = (1 << 63) - 1
+
+Scalar = int | float | bool | str | None
+Row = dict[str, Scalar]
+
+
+def _scalar(key: str, value: Any) -> Scalar:
+    t = type(value)
+    if t is float or t is str or t is bool or value is None:
+        return value  # type: ignore[no-any-return]
+    if t is int:
+        if not _INT_MIN <= value <= _INT_MAX:
+            raise ValueError(f"log(): integer for {key!r} does not fit in 64 bits: {value}")
+        return value  # type: ignore[no-any-return]
+    # numpy scalars (and 0-d arrays) without importing numpy: they all have
+    # .item() returning the matching Python scalar.
+    if t.__module__ == "numpy" and hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
+        return _scalar(key, value.item())
+    if isinstance(value, (int, float, str)):  # subclasses such as IntEnum
+        return _scalar(key, _base(value))
+    raise TypeError(
+        f"log(): value for {key!r} has type {t.__name__}; "
+        "expected int, float, bool, str, None or a numpy scalar"
+    )
+
+
+def _base(value: int | float | str) -> Scalar:
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    return str(value)
+
+
+def flatten(data: Any, into: Row | None = None) -> Row:
+    """Validate ``data`` and flatten nested mappings to dotted keys."""
+    if not isinstance(data, Mapping):
+        raise TypeError(
+            f"log() takes a mapping of metric names to values, not {type(data).__name__}"
+        )
+    out: Row = {} if into is None else into
+    _flatten(data, "", out)
+    if len(out) > MAX_KEYS_PER_ROW:
+        raise ValueError(f"log(): a row has {len(out)} keys; the maximum is {MAX_KEYS_PER_ROW}")
+    return out
+
+
+def _flatten(data: Mapping[Any, Any], prefix: str, out: Row) -> None:
+    for key, value in data.items():
+        if type(key) is not str:
+            raise TypeError(f"log(): keys must be str, got {type(key).__name__} {key!r}")
+        name = prefix + key
+        if isinstance(value, Mapping):
+            _flatten(value, name + ".", out)
+            continue
+        if name == "_step":
+            continue  # W&B ignores a user-supplied _step; the step is ours
+        if len(name) > MAX_KEY_LEN:
+            raise ValueError(f"log(): key {name[:40]!r}... is longer than {MAX_KEY_LEN} characters")
+        out[name] = _scalar(name, value)
+
+
+def check_row(values: Any) -> str | None:
+    """Why a row received on the wire is not storable, or None if it is."""
+    if not isinstance(values, dict):
+        return f"row must be a map, got {type(values).__name__}"
+    if len(values) > MAX_KEYS_PER_ROW:
+        return f"row has {len(values)} keys; the maximum is {MAX_KEYS_PER_ROW}"
+    for key, value in values.items():
+        if type(key) is not str:
+            return f"row key {key!r} is {type(key).__name__}, not str"
+        if len(key) > MAX_KEY_LEN or not key:
+            return f"row key {key[:40]!r} is empty or longer than {MAX_KEY_LEN} characters"
+        t = type(value)
+        if not (t is float or t is int or t is str or t is bool or value is None):
+            return f"value for {key!r} has type {t.__name__}"
+    return None
+
+
+def check_step(step: Any) -> str | None:
+    if type(step) is not int or not 0 <= step <= STEP_MAX:
+        return f"step {step!r} is not an integer in [0, 2**63)"
+    return None
+
+
+Sink = Callable[[int, Row], None]
+
+
+class StepTracker:
+    """W&B's ``log(data, step=, commit=)`` rules, with committed rows sent to ``sink``.
+
+    * ``log(d)``: merge ``d`` into the pending row, commit it at the current
+      step, advance.
+    * ``log(d, commit=False)``: merge only.
+    * ``log(d, step=s)``: ``commit`` defaults to False. ``s`` ahead of the
+      current step commits what is pending first; ``s`` equal merges; ``s``
+      behind drops the data, warns once per run and counts it.
+    """
+
+    def __init__(self, start_step: int, sink: Sink, start_time: float, label: str) -> None:
+        self.step = start_step
+        self.dropped = 0
+        self._pending: Row = {}
+        self._sink = sink
+        self._start = start_time
+        self._label = label
+        self._warned = False
+
+    def log(self, data: Any, step: int | None = None, commit: bool | None = None) -> None:
+        if step is not None:
+            if type(step) is not int and not (
+                hasattr(step, "__index__") and not isinstance(step, bool)
+            ):
+                raise TypeError(f"log(): step must be an int, got {type(step).__name__}")
+            step = int(step)
+            if step < 0 or step > STEP_MAX:
+                raise ValueError(f"log(): step {step} is outside [0, 2**63)")
+        row = flatten(data)  # validate before touching any state
+        if step is not None:
+            if step < self.step:
+                self.dropped += 1
+                if not self._warned:
+                    self._warned = True
+                    warnings.warn(
+                        f"stepline: run {self._label}: log() at step {step} is behind the "
+                        f"current step {self.step}; the data is dropped (W&B semantics). "
+                        "Further drops in this run are counted, not warned.",
+                        RuntimeWarning,
+                        stacklevel=3,
+                    )
+                return
+            if step > self.step:
+                self._commit()
+                self.step = step
+            do_commit = bool(commit)
+        else:
+            do_commit = commit is None or bool(commit)
+        now = time.time()
+        pending = self._pending
+        pending.update(row)
+        pending["_timestamp"] = now
+        pending["_runtime"] = now - self._start
+        if do_commit:
+            self._commit()
+
+    def flush_pending(self) -> None:
+        """Commit a pending row, as ``finish()`` does."""
+        self._commit()
+
+    def _commit(self) -> None:
+        if not self._pending:
+            return
+        row, self._pending = self._pending, {}
+        self._sink(self.step, row)
+        self.step += 1

@@ -1,0 +1,319 @@
+"""The background thread that batches, sends and resends; one per process.
+
+The caller's thread only appends packed rows to the outbox under a lock and,
+when this thread sleeps, notifies a condition: no socket call, no encoding of
+frames. This thread takes everything queued, frames it per run with a sequence
+number, sends it, and keeps every frame until its ``ack`` arrives. If the
+connection drops it reconnects with backoff and resends every unacknowledged
+frame in order; the daemon's per (client, run) sequence numbers make the resend
+exactly-once.
+
+Every entry queued gets a ticket, and acks arrive in order, so "everything up to
+ticket T is durable" is one integer compared under the lock: that is ``flush``.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import itertools
+import logging
+import os
+import select
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from stepline import protocol
+from stepline.channel import Channel
+from stepline.errors import DaemonUnavailable, Error, Timeout, from_reply
+
+log = logging.getLogger("stepline")
+
+# Cut a run's queued rows into frames of at most this many bytes, far below the
+# protocol maximum so one frame never dominates a daemon commit.
+BATCH_BYTES = 1024 * 1024
+# While waiting for acks, how long the thread may sleep before looking at the
+# outbox again (new rows never wake it mid-wait; this bounds their delay).
+ACK_POLL = 0.05
+BACKOFF_MIN, BACKOFF_MAX = 0.05, 2.0
+
+
+@dataclass(eq=False)
+class _Entry:
+    run: int
+    first: int  # tickets first..ticket are in this entry
+    ticket: int
+    rows: list[bytes] | None = None  # a log batch ...
+    nbytes: int = 0
+    op: dict[str, Any] | None = None  # ... or a config/summary/metric/finish update
+
+
+@dataclass(eq=False)
+class _Request:
+    msg: dict[str, Any]
+    done: threading.Event = field(default_factory=threading.Event)
+    result: Any = None
+    error: Error | None = None
+    sent: bool = False
+
+
+class Sender:
+    def __init__(self, path: Path, connect_timeout: float) -> None:
+        self.path = path
+        self.client_id = os.urandom(16).hex()
+        self.pid = os.getpid()
+        self._connect_timeout = connect_timeout
+        self._cv = threading.Condition()
+        self._outbox: collections.deque[_Entry] = collections.deque()
+        self._ticket = 0  # last ticket handed out
+        self._sent = 0  # every ticket up to this one is framed (sent or awaiting resend)
+        self._done = 0  # every ticket up to this one is acknowledged or refused
+        self._unacked: collections.OrderedDict[tuple[int, int], tuple[bytes, int]] = (
+            collections.OrderedDict()
+        )
+        self._seqs: dict[int, int] = collections.defaultdict(int)
+        self._errors: list[Error] = []
+        self._requests: dict[int, _Request] = {}
+        self._rids = itertools.count(1)
+        self._chan: Channel | None = None
+        self._idle = False
+        self._stopping = False
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._thread = threading.Thread(target=self._run, name="stepline-sender", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------- caller-thread side
+
+    def add_row(self, run: int, packed: bytes) -> None:
+        """Queue one packed row. Called on the training thread: no I/O here."""
+        with self._cv:
+            self._ticket += 1
+            last = self._outbox[-1] if self._outbox else None
+            if (
+                last is not None
+                and last.run == run
+                and last.rows is not None
+                and last.nbytes < BATCH_BYTES
+            ):
+                last.rows.append(packed)
+                last.nbytes += len(packed)
+                last.ticket = self._ticket
+            else:
+                self._outbox.append(_Entry(run, self._ticket, self._ticket, [packed], len(packed)))
+            if self._idle:
+                self._cv.notify()
+
+    def add_op(self, run: int, op: dict[str, Any]) -> int:
+        """Queue an ordered run update (config, summary, metric, finish)."""
+        with self._cv:
+            self._ticket += 1
+            self._outbox.append(_Entry(run, self._ticket, self._ticket, op=op))
+            if self._idle:
+                self._cv.notify()
+            return self._ticket
+
+    def request(self, msg: dict[str, Any], timeout: float) -> Any:
+        """Send a request on the sender's connection and wait for its result."""
+        req = _Request(msg)
+        with self._cv:
+            rid = next(self._rids)
+            msg["rid"] = rid
+            self._requests[rid] = req
+            self._cv.notify()
+        self._wake()
+        if not req.done.wait(timeout):
+            with self._cv:
+                self._requests.pop(rid, None)
+            raise Timeout(f"the stepline daemon at {self.path} did not answer within {timeout}s")
+        if req.error is not None:
+            raise req.error
+        return req.result
+
+    def flush(self, timeout: float | None) -> None:
+        """Return once everything queued before this call is acknowledged."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cv:
+            target = self._ticket
+        self._wake()
+        with self._cv:
+            while self._done < target:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise Timeout(
+                        f"flush: {target - self._done} queued entries not yet acknowledged by "
+                        f"the daemon at {self.path}"
+                    )
+                self._cv.wait(left)
+            if self._errors:
+                err, self._errors = self._errors[0], []
+                raise err
+
+    def close(self, timeout: float | None) -> None:
+        with self._cv:
+            self._stopping = True
+            self._cv.notify()
+        self._wake()
+        self._thread.join(timeout)
+
+    def _wake(self) -> None:
+        # Only blocking calls (flush, finish, init) use this; log() never does.
+        with contextlib.suppress(BlockingIOError):  # a wake-up is already pending
+            self._wake_w.send(b"\0")
+
+    # ------------------------------------------------------ sender thread
+
+    def _run(self) -> None:
+        backoff = BACKOFF_MIN
+        while True:
+            with self._cv:
+                while True:
+                    if self._chan is None and (self._outbox or self._unacked or self._requests):
+                        break
+                    if self._chan is not None and (self._outbox or self._unacked or self._requests):
+                        break
+                    if self._stopping:
+                        self._disconnect()
+                        return
+                    self._idle = True
+                    self._cv.wait()
+                    self._idle = False
+                if self._stopping and self._chan is None and not self._requests:
+                    return  # cannot deliver; the caller's close() deadline governs
+            if self._chan is None:
+                if not self._connect():
+                    with self._cv:
+                        self._cv.wait(backoff)
+                    backoff = min(backoff * 2, BACKOFF_MAX)
+                    continue
+                backoff = BACKOFF_MIN
+            try:
+                self._pump()
+            except (OSError, Error) as exc:
+                log.warning("stepline: connection to %s lost (%s); reconnecting", self.path, exc)
+                self._disconnect()
+
+    def _connect(self) -> bool:
+        try:
+            chan = Channel(self.path, self._connect_timeout)
+            chan.send(
+                protocol.encode(
+                    {"op": "hello", "client": self.client_id, "version": protocol.PROTOCOL_VERSION}
+                )
+            )
+            welcome = chan.receive(time.monotonic() + self._connect_timeout)
+            if welcome.get("op") != "welcome":
+                chan.close()
+                raise DaemonUnavailable(f"unexpected greeting from {self.path}: {welcome!r}")
+        except (OSError, Error) as exc:
+            err = exc if isinstance(exc, Error) else DaemonUnavailable(str(exc))
+            with self._cv:
+                # Requests fail fast; batches wait for the daemon to come back.
+                for rid, req in list(self._requests.items()):
+                    req.error = err if isinstance(err, Error) else DaemonUnavailable(str(err))
+                    req.done.set()
+                    del self._requests[rid]
+            return False
+        with self._cv:
+            frames = [frame for frame, _ in self._unacked.values()]
+            for req in self._requests.values():
+                req.sent = False
+        chan.sock.settimeout(30.0)
+        if frames:
+            chan.send(b"".join(frames))
+        self._chan = chan
+        return True
+
+    def _disconnect(self) -> None:
+        chan, self._chan = self._chan, None
+        if chan is not None:
+            chan.close()
+        with self._cv:
+            for rid, req in list(self._requests.items()):
+                if req.sent:  # may or may not have been applied: let the caller decide
+                    req.error = DaemonUnavailable(f"connection to {self.path} lost during request")
+                    req.done.set()
+                    del self._requests[rid]
+
+    def _pump(self) -> None:
+        """Send what is queued, then read whatever replies are ready."""
+        chan = self._chan
+        assert chan is not None
+        with self._cv:
+            entries = list(self._outbox)
+            self._outbox.clear()
+            unsent = [r for r in self._requests.values() if not r.sent]
+            frames: list[bytes] = []
+            for req in unsent:
+                req.sent = True
+                frames.append(protocol.encode(req.msg))
+            for e in entries:
+                self._seqs[e.run] += 1
+                seq = self._seqs[e.run]
+                if e.rows is not None:
+                    frame = protocol.encode_log(e.run, seq, e.rows, len(e.rows))
+                else:
+                    assert e.op is not None
+                    frame = protocol.encode({**e.op, "run": e.run, "seq": seq})
+                self._unacked[(e.run, seq)] = (frame, e.first)
+                frames.append(frame)
+            if entries:
+                self._sent = entries[-1].ticket
+            self._update_done()
+            waiting = bool(self._unacked or self._requests)
+        if frames:
+            chan.send(b"".join(frames))
+        if not waiting:
+            return
+        ready, _, _ = select.select([chan.sock, self._wake_r], [], [], ACK_POLL)
+        if self._wake_r in ready:
+            with contextlib.suppress(BlockingIOError):
+                while self._wake_r.recv(4096):
+                    pass
+        if chan.sock not in ready:
+            return
+        data = chan.sock.recv(256 * 1024)
+        if not data:
+            raise DaemonUnavailable(f"the daemon at {self.path} closed the connection")
+        chan.decoder.feed(data)
+        replies = chan.decoder.messages()
+        with self._cv:
+            for msg in replies:
+                self._on_reply(msg)
+            self._update_done()
+            self._cv.notify_all()
+
+    def _on_reply(self, msg: dict[str, Any]) -> None:
+        op = msg.get("op")
+        if "rid" in msg and msg["rid"] in self._requests:
+            req = self._requests.pop(msg["rid"])
+            if op == "error":
+                req.error = from_reply(str(msg.get("code")), str(msg.get("message")))
+            else:
+                req.result = msg.get("result")
+            req.done.set()
+            return
+        key = (msg.get("run"), msg.get("seq"))
+        if op in ("ack", "error") and key in self._unacked:
+            del self._unacked[key]  # type: ignore[arg-type]
+            if op == "error":
+                err = from_reply(str(msg.get("code")), str(msg.get("message")))
+                log.error("stepline: the daemon refused a batch: %s", err)
+                self._errors.append(err)
+            return
+        if op == "error":
+            log.error("stepline: daemon error: %s: %s", msg.get("code"), msg.get("message"))
+
+    def _update_done(self) -> None:
+        # Entries cover contiguous, increasing ticket ranges and acks arrive in
+        # order, so everything before the oldest unacked entry's first ticket is done.
+        if self._unacked:
+            first = next(iter(self._unacked.values()))[1]
+            self._done = max(self._done, first - 1)
+        else:
+            self._done = max(self._done, self._sent)

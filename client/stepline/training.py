@@ -1,0 +1,296 @@
+"""``init`` and the :class:`Run` it returns: the training script's side of stepline."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import re
+import threading
+import time
+import warnings
+import weakref
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import msgpack
+
+from stepline import paths, protocol
+from stepline.errors import InvalidFork, InvalidResume, Timeout, UsageError
+from stepline.rows import MAX_ROW_BYTES, StepTracker
+from stepline.sender import Sender
+
+DEFAULT_TIMEOUT = 30.0
+_REF_RE = re.compile(r"^(?P<id>[^?]+)\?_step=(?P<step>\d+)$")
+
+_senders: dict[Path, Sender] = {}
+_senders_lock = threading.Lock()
+_live_runs: weakref.WeakSet[Run] = weakref.WeakSet()
+
+
+def _sender(path: Path) -> Sender:
+    """The process's sender for ``path``; a fresh one after ``os.fork()``."""
+    with _senders_lock:
+        s = _senders.get(path)
+        if s is None or s.pid != os.getpid():
+            s = _senders[path] = Sender(path, connect_timeout=DEFAULT_TIMEOUT)
+        return s
+
+
+def _reset_after_fork() -> None:
+    # The child must never write to the parent's connection; its senders are
+    # rebuilt on first use.
+    global _senders_lock
+    _senders.clear()
+    _senders_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def parse_ref(ref: str, what: str, error: type[InvalidFork] | type[InvalidResume]) -> list[Any]:
+    """``"RUNID?_step=N"`` -> ``[RUNID, N]``; only ``_step`` is a valid fork metric."""
+    if not isinstance(ref, str):
+        raise error(f"{what} must be a string like 'RUNID?_step=N', got {type(ref).__name__}")
+    m = _REF_RE.match(ref)
+    if m is None:
+        if "?" in ref and not ref.split("?", 1)[1].startswith("_step="):
+            metric = ref.split("?", 1)[1].split("=", 1)[0]
+            raise error(f"{what}: only '_step' can be used as the fork metric, not {metric!r}")
+        raise error(f"{what} must look like 'RUNID?_step=N', got {ref!r}")
+    return [m["id"], int(m["step"])]
+
+
+def _check_packable(value: Any, what: str) -> None:
+    try:
+        msgpack.packb(value, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise TypeError(f"{what}: value cannot be stored: {exc}") from None
+
+
+class Config(dict[str, Any]):
+    """The run's config: a dict whose changes are sent to the daemon.
+
+    Attribute access works too (``run.config.lr``), as in W&B.
+    """
+
+    def __init__(self, run: Run | None, data: Mapping[str, Any]) -> None:
+        super().__init__(data)
+        object.__setattr__(self, "_run", run)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self[name] = value
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.update({key: value})
+
+    def update(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        data = dict(*args, **kwargs)
+        _check_packable(data, "config")
+        super().update(data)
+        run = object.__getattribute__(self, "_run")
+        if run is not None:
+            run._send_op({"op": "config", "config": data})
+
+
+class Summary(dict[str, Any]):
+    """Explicit summary values; they win over the values derived from history."""
+
+    def __init__(self, run: Run) -> None:
+        super().__init__()
+        self._run = run
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.update({key: value})
+
+    def update(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        data = dict(*args, **kwargs)
+        _check_packable(data, "summary")
+        super().update(data)
+        self._run._send_op({"op": "summary", "summary": data})
+
+
+class Run:
+    """A run being logged. Thread-safe: many threads may ``log`` to one run."""
+
+    def __init__(self, sender: Sender, info: dict[str, Any]) -> None:
+        self._sender = sender
+        self._run_no: int = info["run"]
+        self.id: str = info["id"]
+        self.project: str = info["project"]
+        self.name: str = info["name"]
+        self.start_step: int = info["start_step"]
+        self.resumed_how: str = info["how"]
+        self._lock = threading.Lock()
+        self._tracker = StepTracker(self.start_step, self._emit, time.time(), self.id)
+        self._finished = False
+        self.config = Config(None, info.get("config") or {})
+        object.__setattr__(self.config, "_run", self)
+        self.summary = Summary(self)
+
+    # -------------------------------------------------------------- logging
+
+    def log(
+        self, data: Mapping[str, Any], step: int | None = None, commit: bool | None = None
+    ) -> None:
+        """Log metrics. No I/O: rows are queued for the background sender."""
+        if self._finished:
+            raise UsageError(f"run {self.id!r} is finished; log() after finish() is not allowed")
+        with self._lock:
+            self._tracker.log(data, step, commit)
+
+    def _emit(self, step: int, row: dict[str, Any]) -> None:
+        packed = protocol.pack_row(step, row)
+        if len(packed) > MAX_ROW_BYTES:
+            raise ValueError(
+                f"log(): row at step {step} is {len(packed)} bytes; the limit is {MAX_ROW_BYTES}"
+            )
+        self._sender.add_row(self._run_no, packed)
+
+    @property
+    def step(self) -> int:
+        """The step the next committed row will get."""
+        return self._tracker.step
+
+    @property
+    def dropped(self) -> int:
+        """Rows dropped because their step was behind the current one."""
+        return self._tracker.dropped
+
+    def define_metric(
+        self, name: str, step_metric: str | None = None, summary: str | None = None, **_: Any
+    ) -> None:
+        """Choose how ``name``'s summary is derived: min, max, mean, first, last or none.
+
+        ``step_metric`` and W&B's other options are accepted and ignored: every
+        stepline row is indexed by ``_step``.
+        """
+        if not isinstance(name, str) or not name:
+            raise UsageError("define_metric: name must be a non-empty string")
+        if summary is not None:
+            modes = [m.strip() for m in summary.split(",") if m.strip()]
+            allowed = {"min", "max", "mean", "first", "last", "none"}
+            if len(modes) != 1 or modes[0] not in allowed:
+                raise UsageError(
+                    f"define_metric: summary must be one of {sorted(allowed)}, got {summary!r}"
+                )
+            self._send_op({"op": "metric", "name": name, "summary": modes[0]})
+
+    def _send_op(self, op: dict[str, Any]) -> None:
+        if self._finished:
+            raise UsageError(f"run {self.id!r} is finished")
+        with self._lock:
+            # Ordered after every row committed so far.
+            self._sender.add_op(self._run_no, op)
+
+    # ------------------------------------------------------------ lifecycle
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Return once every row logged before this call is durable at the daemon."""
+        self._sender.flush(timeout)
+
+    def finish(self, exit_code: int = 0, timeout: float | None = DEFAULT_TIMEOUT) -> None:
+        """Commit any pending row, mark the run finished (failed if exit_code != 0), flush.
+
+        Never waits longer than ``timeout``; if the daemon has not acknowledged
+        everything by then, a warning says so and the rows stay queued.
+        """
+        if self._finished:
+            return
+        with self._lock:
+            self._tracker.flush_pending()
+            self._sender.add_op(
+                self._run_no,
+                {"op": "finish", "exit_code": int(exit_code), "dropped": self._tracker.dropped},
+            )
+            self._finished = True
+        _live_runs.discard(self)
+        try:
+            self._sender.flush(timeout)
+        except Timeout as exc:
+            warnings.warn(f"stepline: finish({self.id!r}): {exc}", RuntimeWarning, stacklevel=2)
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.finish(exit_code=0 if exc_type is None else 1)
+
+    def __repr__(self) -> str:
+        return f"<stepline.Run {self.project}/{self.id} step={self.step}>"
+
+
+def init(
+    project: str | None = None,
+    id: str | None = None,
+    name: str | None = None,
+    config: Mapping[str, Any] | None = None,
+    fork_from: str | None = None,
+    resume_from: str | None = None,
+    resume: str | bool | None = None,
+    socket: str | os.PathLike[str] | None = None,
+    tags: list[str] | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    **_ignored: Any,
+) -> Run:
+    """Start a run (or fork, rewind or resume one) and return it.
+
+    Unknown W&B keyword arguments (``entity``, ``reinit``, ...) are accepted and
+    ignored so W&B scripts run unchanged.
+    """
+    project = project or "uncategorized"
+    if fork_from is not None and (resume is not None or resume_from is not None):
+        raise InvalidFork("fork_from cannot be combined with resume or resume_from")
+    if resume_from is not None and resume is not None:
+        raise InvalidResume("resume_from cannot be combined with resume")
+    if resume is True:
+        resume = "allow"
+    elif resume is False:
+        resume = None
+    if resume is not None and resume not in ("allow", "must", "never"):
+        raise UsageError(f"resume must be 'allow', 'must', 'never', True or False, got {resume!r}")
+    if resume in ("allow", "must") and id is None:
+        raise UsageError(f"resume={resume!r} needs the id of the run to resume")
+    cfg = dict(config or {})
+    _check_packable(cfg, "config")
+    msg: dict[str, Any] = {"op": "init", "project": project, "config": cfg}
+    if id is not None:
+        msg["id"] = id
+    if name is not None:
+        msg["name"] = name
+    if tags:
+        msg["tags"] = list(tags)
+    if resume is not None:
+        msg["resume"] = resume
+    if fork_from is not None:
+        msg["fork_from"] = parse_ref(fork_from, "fork_from", InvalidFork)
+        if id is not None and msg["fork_from"][0] == id:
+            raise InvalidFork(f"fork_from: the child id {id!r} is the parent's own id")
+    if resume_from is not None:
+        msg["resume_from"] = parse_ref(resume_from, "resume_from", InvalidResume)
+    sender = _sender(paths.resolve_socket(socket))
+    info = sender.request(msg, timeout)
+    run = Run(sender, info)
+    _live_runs.add(run)
+    return run
+
+
+def _finish_live_runs() -> None:
+    # W&B finishes runs at interpreter exit; so do we, with a deadline.
+    for run in list(_live_runs):
+        run.finish(timeout=10.0)
+
+
+atexit.register(_finish_live_runs)

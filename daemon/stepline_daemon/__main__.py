@@ -1,0 +1,5 @@
+import sys
+
+from stepline_daemon.main import main
+
+sys.exit(main())

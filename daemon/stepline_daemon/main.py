@@ -1,0 +1,134 @@
+"""Daemon lifecycle, top to bottom: claim, start up, serve, drain, shut down.
+
+Signal handlers only set an event; shutdown stops accepting, stops reading,
+waits (with a deadline) for every queued write to commit and be acknowledged,
+then closes connections, LMDB, the socket file and the lock, and exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import IO
+
+import uvloop
+
+from stepline_daemon.server import Hub
+from stepline_daemon.settings import Settings
+from stepline_daemon.store import Store
+
+log = logging.getLogger("stepline.daemon")
+
+
+class StartupError(Exception):
+    """The daemon cannot start; the message says why, for a human."""
+
+
+@contextlib.contextmanager
+def _claim_data_dir(data_dir: Path) -> Iterator[IO[bytes]]:
+    """An exclusive lock held for the daemon's life: one daemon per data dir."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    f = open(data_dir / "daemon.lock", "ab")  # noqa: SIM115 - held until exit
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        f.close()
+        if exc.errno in (errno.EAGAIN, errno.EACCES):
+            raise StartupError(
+                f"another stepline daemon is already serving data dir {data_dir}"
+            ) from None
+        raise
+    try:
+        yield f
+    finally:
+        f.close()
+
+
+def _claim_socket(path: Path) -> None:
+    """Refuse a socket another daemon answers on; remove one a dead daemon left."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not path.exists() and not path.is_symlink():
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except (ConnectionRefusedError, FileNotFoundError):
+        log.info("removing stale socket %s", path)
+        path.unlink(missing_ok=True)
+        return
+    except OSError as exc:
+        raise StartupError(f"socket path {path} exists and cannot be probed: {exc}") from None
+    finally:
+        probe.close()
+    raise StartupError(f"another stepline daemon is already listening on {path}")
+
+
+async def serve(settings: Settings, store: Store) -> None:
+    loop = asyncio.get_running_loop()
+    hub = Hub(settings, store, loop)
+    hub.writer.start()
+    server = await loop.create_unix_server(hub.protocol_factory, path=str(settings.socket))
+    os.chmod(settings.socket, settings.socket_mode)
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("serving data dir %s on %s (pid %d)", settings.data_dir, settings.socket, os.getpid())
+    print(f"stepline daemon: ready on {settings.socket}", flush=True)
+
+    await stop.wait()
+
+    log.info("shutting down: draining %d connections", len(hub.connections))
+    hub.stopping = True
+    server.close()
+    for conn in list(hub.connections):
+        if conn.transport is not None and not conn.closed:
+            conn.transport.pause_reading()
+    try:
+        await asyncio.wait_for(hub.drain(), settings.drain_timeout)
+    except TimeoutError:
+        log.error(
+            "shutdown: writes still queued after %.0fs; exiting anyway", settings.drain_timeout
+        )
+    losses = [conn.lost for conn in hub.connections]
+    for conn in list(hub.connections):
+        if conn.transport is not None:
+            conn.transport.close()
+    if losses:
+        await asyncio.wait(losses, timeout=5)
+    hub.writer.stop()
+    hub.reads.shutdown(wait=True)
+
+
+def run(settings: Settings) -> int:
+    try:
+        with _claim_data_dir(settings.data_dir):
+            _claim_socket(settings.socket)
+            store = Store(settings.data_dir, settings.map_size)
+            try:
+                uvloop.run(serve(settings, store))
+            finally:
+                store.close()
+                settings.socket.unlink(missing_ok=True)
+    except StartupError as exc:
+        print(f"stepline daemon: {exc}", file=sys.stderr)
+        return 1
+    log.info("stopped cleanly")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(
+        level=os.environ.get("STEPLINE_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    return run(Settings.from_args(argv))

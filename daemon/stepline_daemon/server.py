@@ -1,0 +1,209 @@
+"""The socket side: a thin asyncio adapter around the sans-IO codec.
+
+``data_received`` feeds the decoder; each message is checked for shape here, on
+the loop (cheap, and it lets a bad request be refused without touching the
+writer). Writes queue for the writer thread; reads run in the read pool. A
+framing error gets an error reply, then the connection closes; a bad request
+gets an error reply and the connection keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, cast
+
+from stepline import protocol
+from stepline.errors import Error, ProtocolError, RequestError, StepOrderError
+from stepline.rows import check_row, check_step
+
+from stepline_daemon import queries
+from stepline_daemon.settings import Settings
+from stepline_daemon.store import Row, Store
+from stepline_daemon.writer import SEQ_OPS, ResizeGate, Writer, WriteRequest, error_reply
+
+log = logging.getLogger("stepline.server")
+
+_MAX_CLIENT_ID = 64
+
+
+def _check_rows(raw: Any) -> list[Row]:
+    """Shape, types and order of a ``log`` batch; raises naming the first bad row."""
+    if not isinstance(raw, list) or not raw:
+        raise RequestError("log: rows must be a non-empty list of [step, {key: value}]")
+    rows: list[Row] = []
+    prev = -1
+    for i, item in enumerate(raw):
+        if not isinstance(item, list) or len(item) != 2:
+            raise RequestError(f"log: row {i} must be [step, {{key: value}}]")
+        step, values = item
+        why = check_step(step) or check_row(values)
+        if why:
+            raise RequestError(f"log: row {i}: {why}; the batch is refused whole")
+        if step <= prev:
+            raise StepOrderError(
+                f"log: step {step} (row {i}) does not follow step {prev}; steps must strictly "
+                "increase, so the batch is refused whole"
+            )
+        prev = step
+        rows.append((step, values))
+    return rows
+
+
+class Hub:
+    """What every connection shares: store, writer, read pool, live connections."""
+
+    def __init__(self, settings: Settings, store: Store, loop: asyncio.AbstractEventLoop) -> None:
+        self.settings = settings
+        self.store = store
+        self.loop = loop
+        self.gate = ResizeGate()
+        self.writer = Writer(store, self._post, self.gate, settings.max_group)
+        self.reads = ThreadPoolExecutor(settings.read_threads, thread_name_prefix="stepline-read")
+        self.connections: set[Connection] = set()
+        self.stopping = False
+
+    def _post(self, results: list[tuple[Callable[[dict[str, Any]], None], dict[str, Any]]]) -> None:
+        # Called on the writer thread: hand the replies to the loop in one hop.
+        self.loop.call_soon_threadsafe(_deliver, results)
+
+    def read(self, op: str, msg: dict[str, Any]) -> Any:
+        """Runs on a read-pool thread."""
+        fn = queries.READS[op]
+        with self.gate.shared(), self.store.env.begin() as txn:
+            return fn(self.store, txn, msg)
+
+    def protocol_factory(self) -> Connection:
+        return Connection(self)
+
+    async def drain(self) -> None:
+        """Wait until every write queued so far is committed and answered."""
+        done = self.loop.create_future()
+        self.writer.submit(WriteRequest("barrier", {}, "", lambda _r: done.set_result(None)))
+        await done
+
+
+def _deliver(results: list[tuple[Callable[[dict[str, Any]], None], dict[str, Any]]]) -> None:
+    for fn, reply in results:
+        fn(reply)
+
+
+class Connection(asyncio.Protocol):
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.decoder = protocol.Decoder(hub.settings.max_frame)
+        self.transport: asyncio.Transport | None = None
+        self.client: str | None = None
+        self.owned: set[int] = set()
+        self.inflight = 0
+        self.paused = False
+        self.closed = False
+        self.lost: asyncio.Future[None] = hub.loop.create_future()
+
+    # ------------------------------------------------------------ transport
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+        self.hub.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.hub.connections.discard(self)
+        if not self.lost.done():
+            self.lost.set_result(None)
+        if self.client is not None and not self.hub.stopping:
+            for run_no in self.owned:
+                self.hub.writer.submit(
+                    WriteRequest("disconnect", {"run": run_no}, self.client, None)
+                )
+
+    def data_received(self, data: bytes) -> None:
+        self.decoder.feed(data)
+        while True:
+            try:
+                msg = self.decoder.next_message()
+            except ProtocolError as exc:
+                log.warning("closing connection after a framing error: %s", exc)
+                self.send({"op": "error", "code": exc.code, "message": exc.message})
+                assert self.transport is not None
+                self.transport.close()
+                return
+            if msg is None:
+                return
+            try:
+                self.handle(msg)
+            except Error as exc:
+                self.send(error_reply(exc, msg))
+
+    def send(self, msg: dict[str, Any]) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.write(protocol.encode(msg))
+
+    # ------------------------------------------------------------- requests
+
+    def handle(self, msg: dict[str, Any]) -> None:
+        op = msg["op"]
+        if op == "hello":
+            client = msg.get("client")
+            if (
+                not isinstance(client, str)
+                or not 0 < len(client) <= _MAX_CLIENT_ID
+                or "\0" in client
+            ):
+                raise RequestError(f"hello: client must be a 1-{_MAX_CLIENT_ID} character string")
+            self.client = client
+            self.send({"op": "welcome", "version": protocol.PROTOCOL_VERSION, "server": "stepline"})
+        elif op in queries.READS:
+            self._read(op, msg)
+        elif op in SEQ_OPS or op == "init":
+            if self.client is None:
+                raise RequestError(f"{op}: send hello first")
+            rows: list[Row] = []
+            if op in SEQ_OPS:
+                for k in ("run", "seq"):
+                    if type(msg.get(k)) is not int or msg[k] < 0:
+                        raise RequestError(f"{op}: {k} must be a non-negative integer")
+                if op == "log":
+                    rows = _check_rows(msg.get("rows"))
+            self._write(WriteRequest(op, msg, self.client, self._on_write_reply, rows))
+        else:
+            raise ProtocolError("unknown_op", f"unknown op {op!r}")
+
+    def _write(self, req: WriteRequest) -> None:
+        self.inflight += 1
+        if self.inflight >= self.hub.settings.max_inflight and not self.paused:
+            # Backpressure: the client waits for acks instead of us buffering.
+            assert self.transport is not None
+            self.transport.pause_reading()
+            self.paused = True
+        self.hub.writer.submit(req)
+
+    def _on_write_reply(self, reply: dict[str, Any]) -> None:
+        self.inflight -= 1
+        if self.paused and self.inflight < self.hub.settings.max_inflight // 2 and not self.closed:
+            assert self.transport is not None
+            self.transport.resume_reading()
+            self.paused = False
+        if reply.get("op") == "ok" and "result" in reply:
+            self.owned.add(reply["result"]["run"])
+        self.send(reply)
+
+    def _read(self, op: str, msg: dict[str, Any]) -> None:
+        fut = self.hub.loop.run_in_executor(self.hub.reads, self.hub.read, op, msg)
+
+        def done(f: asyncio.Future[Any]) -> None:
+            exc = f.exception()
+            if exc is None:
+                self.send({"op": "ok", "rid": msg.get("rid"), "result": f.result()})
+            elif isinstance(exc, Error):
+                self.send(error_reply(exc, msg))
+            else:
+                log.error("read %s failed", op, exc_info=exc)
+                self.send(
+                    {"op": "error", "code": "internal", "message": str(exc), "rid": msg.get("rid")}
+                )
+
+        fut.add_done_callback(done)

@@ -1,0 +1,75 @@
+"""The daemon's settings: built once at start-up from flags, environment, defaults.
+
+Nothing else in the daemon reads ``os.environ``; everything it needs to know
+about its configuration is on the frozen :class:`Settings` it was handed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from stepline import paths
+from stepline.protocol import MAX_FRAME_SIZE
+
+ENV_PREFIX = "STEPLINE_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    socket: Path
+    # Starting LMDB map size; it doubles whenever a write finds the map full.
+    map_size: int = 256 * 1024 * 1024
+    max_frame: int = MAX_FRAME_SIZE
+    # Most requests one write transaction takes; bounds the latency a commit adds.
+    max_group: int = 1024
+    read_threads: int = 4
+    # Unacknowledged write requests per connection before we stop reading it.
+    max_inflight: int = 256
+    # How long SIGTERM waits for queued writes to commit before giving up.
+    drain_timeout: float = 30.0
+    socket_mode: int = 0o600
+
+    @classmethod
+    def from_args(
+        cls, argv: Sequence[str] | None = None, env: Mapping[str, str] = os.environ
+    ) -> Settings:
+        p = argparse.ArgumentParser(prog="stepline daemon", description="Run the stepline daemon.")
+        p.add_argument("--data-dir", help="LMDB data dir (env STEPLINE_DATA_DIR; default XDG)")
+        p.add_argument("--socket", help="Unix socket path (env STEPLINE_SOCKET; default XDG)")
+        p.add_argument("--map-size", type=int, help="initial LMDB map size in bytes")
+        p.add_argument("--read-threads", type=int)
+        args = p.parse_args(argv)
+
+        def pick(flag: object, name: str) -> str | None:
+            if flag is not None:
+                return str(flag)
+            return env.get(ENV_PREFIX + name.upper()) or None
+
+        data_dir = pick(args.data_dir, "data_dir")
+        sock = pick(args.socket, "socket")
+        kw: dict[str, object] = {
+            "data_dir": Path(data_dir) if data_dir else paths.default_data_dir(env),
+            "socket": Path(sock) if sock else paths.default_socket(env),
+        }
+        for name, flag in (("map_size", args.map_size), ("read_threads", args.read_threads)):
+            raw = pick(flag, name)
+            if raw is not None:
+                try:
+                    kw[name] = int(raw)
+                except ValueError:
+                    p.error(f"{name} must be an integer, got {raw!r}")
+        return cls(**kw)  # type: ignore[arg-type]
+
+    def replace(self, **changes: object) -> Settings:
+        known = {f.name for f in fields(self)}
+        unknown = set(changes) - known
+        if unknown:
+            raise TypeError(f"unknown settings: {sorted(unknown)}")
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values.update(changes)
+        return Settings(**values)  # type: ignore[arg-type]

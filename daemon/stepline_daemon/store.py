@@ -1,0 +1,603 @@
+"""The LMDB layout, and every read and write on it.
+
+Named databases, fixed-width big-endian keys so a run's rows form one ordered,
+contiguous key range:
+
+* ``history``  ``run_no:u64 | step:u64`` -> msgpack map of that step's values
+* ``runs``     ``run_no:u64`` -> msgpack run record
+* ``names``    ``project \\0 run_id`` -> the run_no that id currently names
+* ``children`` ``parent_no:u64 | child_no:u64`` -> fork step (lineage index)
+* ``seqs``     ``client_id \\0 run_no:u64`` -> last committed batch seq
+* ``meta``     ``schema``, ``next_run_no``
+
+A fork is a new record whose ``parent`` is ``(parent_no, step)``; a rewind is a
+new run_no for the same id, pointing at the old run_no, with ``names`` moved.
+Nothing is ever copied. Reads resolve the chain of parents, each capped at the
+smallest fork step below it.
+
+Write methods take a write transaction owned by the caller (the writer thread
+groups many requests into one); each validates everything before its first
+``put``, so a refused request leaves the transaction untouched.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import struct
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lmdb
+import msgpack
+from stepline.errors import (
+    InvalidFork,
+    InvalidResume,
+    RequestError,
+    RunExists,
+    RunNotFound,
+    RunNotWritable,
+    StepOrderError,
+)
+from stepline.rows import STEP_MAX
+
+from stepline_daemon import summary
+from stepline_daemon.states import WRITABLE, Event, State, can, transition
+
+SCHEMA_VERSION = 1
+
+_U64 = struct.Struct(">Q")
+_U64x2 = struct.Struct(">QQ")
+
+# Run ids and projects end up in URLs, file names and log lines.
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_PROJECT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
+
+Record = dict[str, Any]
+Row = tuple[int, dict[str, Any]]
+
+
+def _pack(obj: Any) -> bytes:
+    out: bytes = msgpack.packb(obj, use_bin_type=True)
+    return out
+
+
+def _unpack(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False)
+
+
+def hkey(run_no: int, step: int) -> bytes:
+    return _U64x2.pack(run_no, step)
+
+
+def hkey_step(key: bytes) -> int:
+    step: int = _U64x2.unpack(key)[1]
+    return step
+
+
+def check_project(project: Any) -> str:
+    if not isinstance(project, str) or not _PROJECT_RE.match(project):
+        raise RequestError(
+            f"project {project!r} is not valid: 1-128 characters of letters, digits, '.', '_', '-'"
+        )
+    return project
+
+
+def check_run_id(run_id: Any) -> str:
+    if not isinstance(run_id, str) or not _ID_RE.match(run_id):
+        raise RequestError(
+            f"run id {run_id!r} is not valid: 1-128 characters of letters, digits, '.', '_', '-'"
+        )
+    return run_id
+
+
+def _check_ref(ref: Any, what: str) -> tuple[str, int]:
+    if (
+        not isinstance(ref, (list, tuple))
+        or len(ref) != 2
+        or not isinstance(ref[0], str)
+        or type(ref[1]) is not int
+    ):
+        raise RequestError(f"{what} must be [run_id, step], got {ref!r}")
+    run_id = check_run_id(ref[0])
+    if not 0 <= ref[1] <= STEP_MAX:
+        raise RequestError(f"{what} step {ref[1]} is not in [0, 2**63)")
+    return run_id, ref[1]
+
+
+def _check_map(value: Any, what: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise RequestError(f"{what} must be a map with string keys")
+    return value
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Steps ``lo..hi`` (inclusive) of run ``run_no``'s own rows."""
+
+    run_no: int
+    lo: int
+    hi: int
+
+
+class Store:
+    def __init__(self, path: Path, map_size: int) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        self.env = lmdb.open(
+            str(path),
+            map_size=map_size,
+            max_dbs=8,
+            # An ack promises the rows survive power loss: keep full fsync.
+            sync=True,
+            metasync=True,
+            readahead=False,
+            max_readers=256,
+        )
+        self.history = self.env.open_db(b"history")
+        self.runs = self.env.open_db(b"runs")
+        self.names = self.env.open_db(b"names")
+        self.children = self.env.open_db(b"children")
+        self.seqs = self.env.open_db(b"seqs")
+        self.meta = self.env.open_db(b"meta")
+        with self.env.begin(write=True) as txn:
+            schema = txn.get(b"schema", db=self.meta)
+            if schema is None:
+                txn.put(b"schema", _U64.pack(SCHEMA_VERSION), db=self.meta)
+                txn.put(b"next_run_no", _U64.pack(1), db=self.meta)
+            elif _U64.unpack(schema)[0] != SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"data dir {path} has schema {_U64.unpack(schema)[0]}, "
+                    f"this daemon reads {SCHEMA_VERSION}"
+                )
+
+    def close(self) -> None:
+        self.env.close()
+
+    # ---------------------------------------------------------------- records
+
+    def record(self, txn: lmdb.Transaction, run_no: int) -> Record:
+        raw = txn.get(_U64.pack(run_no), db=self.runs)
+        if raw is None:
+            raise RunNotFound(f"no run with internal number {run_no}")
+        rec: Record = _unpack(raw)
+        return rec
+
+    def _put_record(self, txn: lmdb.Transaction, rec: Record) -> None:
+        txn.put(_U64.pack(rec["run_no"]), _pack(rec), db=self.runs)
+
+    def lookup(self, txn: lmdb.Transaction, project: str, run_id: str) -> Record | None:
+        raw = txn.get(self._name_key(project, run_id), db=self.names)
+        if raw is None:
+            return None
+        return self.record(txn, _U64.unpack(raw)[0])
+
+    def find(self, txn: lmdb.Transaction, project: Any, run_id: Any) -> Record:
+        rec = self.lookup(txn, check_project(project), check_run_id(run_id))
+        if rec is None:
+            raise RunNotFound(f"run {run_id!r} does not exist in project {project!r}")
+        return rec
+
+    @staticmethod
+    def _name_key(project: str, run_id: str) -> bytes:
+        return project.encode() + b"\0" + run_id.encode()
+
+    def _next_run_no(self, txn: lmdb.Transaction) -> int:
+        (n,) = _U64.unpack(txn.get(b"next_run_no", db=self.meta))
+        txn.put(b"next_run_no", _U64.pack(n + 1), db=self.meta)
+        return n
+
+    # ------------------------------------------------------------- resolution
+
+    def segments(
+        self, txn: lmdb.Transaction, rec: Record, include_parent: bool = True
+    ) -> list[Segment]:
+        """The ordered pieces of history a run's view is made of, root first."""
+        segs = [Segment(rec["run_no"], 0, STEP_MAX)]
+        if not include_parent:
+            return segs
+        cap = STEP_MAX
+        parent = rec["parent"]
+        while parent is not None:
+            pno, step = parent
+            cap = min(cap, step)
+            segs.append(Segment(pno, 0, cap))
+            parent = self.record(txn, pno)["parent"]
+        segs.reverse()
+        return segs
+
+    def iter_rows(
+        self,
+        txn: lmdb.Transaction,
+        segs: list[Segment],
+        min_step: int = 0,
+        max_step: int | None = None,
+    ) -> Iterator[tuple[int, bytes]]:
+        """(step, packed values) over the segments, in step order; max exclusive."""
+        hi_limit = STEP_MAX if max_step is None else max_step - 1
+        cur = txn.cursor(db=self.history)
+        for seg in segs:
+            lo, hi = max(seg.lo, min_step), min(seg.hi, hi_limit)
+            if lo > hi or not cur.set_range(hkey(seg.run_no, lo)):
+                continue
+            for key, value in cur:
+                run_no, step = _U64x2.unpack(key)
+                if run_no != seg.run_no or step > hi:
+                    break
+                yield step, value
+
+    def iter_steps(
+        self, txn: lmdb.Transaction, segs: list[Segment], min_step: int, max_step: int | None
+    ) -> Iterator[bytes]:
+        """History keys only, without reading values: for counting and sampling."""
+        hi_limit = STEP_MAX if max_step is None else max_step - 1
+        cur = txn.cursor(db=self.history)
+        for seg in segs:
+            lo, hi = max(seg.lo, min_step), min(seg.hi, hi_limit)
+            if lo > hi or not cur.set_range(hkey(seg.run_no, lo)):
+                continue
+            for key in cur.iternext(keys=True, values=False):
+                run_no, step = _U64x2.unpack(key)
+                if run_no != seg.run_no or step > hi:
+                    break
+                yield key
+
+    # ----------------------------------------------------------------- writes
+
+    def init_run(self, txn: lmdb.Transaction, req: dict[str, Any], client: str) -> dict[str, Any]:
+        """Create, fork, rewind or resume a run, as ``init`` asks."""
+        project = check_project(req.get("project"))
+        run_id = req.get("id")
+        if run_id is not None:
+            check_run_id(run_id)
+        config = _check_map(req.get("config"), "config")
+        name = req.get("name")
+        if name is not None and not isinstance(name, str):
+            raise RequestError("name must be a string")
+        tags = req.get("tags") or []
+        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+            raise RequestError("tags must be a list of strings")
+        resume = req.get("resume")
+        if resume not in (None, "allow", "must", "never"):
+            raise RequestError(f"resume must be 'allow', 'must' or 'never', got {resume!r}")
+        fork_from, resume_from = req.get("fork_from"), req.get("resume_from")
+        now = time.time()
+        common: dict[str, Any] = {
+            "config": config,
+            "name": name,
+            "tags": tags,
+            "client": client,
+            "now": now,
+        }
+
+        if fork_from is not None:
+            if resume is not None or resume_from is not None:
+                raise InvalidFork("fork_from cannot be combined with resume or resume_from")
+            pid, step = _check_ref(fork_from, "fork_from")
+            parent = self.lookup(txn, project, pid)
+            if parent is None:
+                raise InvalidFork(f"fork_from: parent run {pid!r} does not exist in {project!r}")
+            if run_id == pid:
+                raise InvalidFork(f"fork_from: the child id {run_id!r} is the parent's own id")
+            if step > parent["last_step"]:
+                raise InvalidFork(
+                    f"fork_from: step {step} is beyond parent {pid!r}'s last step "
+                    f"{parent['last_step']}"
+                )
+            if run_id is not None and self.lookup(txn, project, run_id) is not None:
+                raise RunExists(f"run {run_id!r} already exists in project {project!r}")
+            rec = self._branch(txn, project, run_id, parent, step, **common)
+            return self._created(txn, rec, "fork")
+
+        if resume_from is not None:
+            if resume is not None:
+                raise InvalidResume("resume_from cannot be combined with resume")
+            rid, step = _check_ref(resume_from, "resume_from")
+            if run_id is not None and run_id != rid:
+                raise InvalidResume(
+                    f"resume_from names run {rid!r} but id is {run_id!r}; a rewind keeps the "
+                    "run's id (use fork_from to branch into a new run)"
+                )
+            old = self.lookup(txn, project, rid)
+            if old is None:
+                raise RunNotFound(f"resume_from: run {rid!r} does not exist in {project!r}")
+            if step > old["last_step"]:
+                raise InvalidResume(
+                    f"resume_from: step {step} is beyond run {rid!r}'s last step {old['last_step']}"
+                )
+            rec = self._branch(txn, project, rid, old, step, **common)
+            rec["config"] = {**old["config"], **config}
+            rec["name"] = name if name is not None else old["name"]
+            rec["tags"] = tags or old["tags"]
+            rec["metrics"] = dict(old["metrics"])
+            old["state"] = transition(old["state"], Event.REWIND)
+            old["archived_by"] = rec["run_no"]
+            old["updated"] = now
+            self._put_record(txn, old)
+            return self._created(txn, rec, "rewind")
+
+        existing = self.lookup(txn, project, run_id) if run_id is not None else None
+        if existing is not None:
+            if resume in ("allow", "must"):
+                existing["state"] = transition(existing["state"], Event.RESUME)
+                existing["config"] = {**existing["config"], **config}
+                if name is not None:
+                    existing["name"] = name
+                if tags:
+                    existing["tags"] = tags
+                existing["client"] = client
+                existing["updated"] = now
+                self._put_record(txn, existing)
+                return self._reply(existing, "resume")
+            hint = "" if resume == "never" else "; pass resume='allow' to continue it"
+            raise RunExists(f"run {run_id!r} already exists in project {project!r}{hint}")
+        if resume == "must":
+            raise RunNotFound(f"resume='must': run {run_id!r} does not exist in {project!r}")
+        if run_id is None:
+            run_id = self._fresh_id(txn, project)
+        rec = self._new_record(txn, project, run_id, None, -1, **common)
+        return self._created(txn, rec, "new")
+
+    def _fresh_id(self, txn: lmdb.Transaction, project: str) -> str:
+        while True:
+            run_id = "".join(secrets.choice(_ID_ALPHABET) for _ in range(8))
+            if self.lookup(txn, project, run_id) is None:
+                return run_id
+
+    def _new_record(
+        self,
+        txn: lmdb.Transaction,
+        project: str,
+        run_id: str,
+        parent: list[int] | None,
+        last_step: int,
+        *,
+        config: dict[str, Any],
+        name: str | None,
+        tags: list[str],
+        client: str,
+        now: float,
+    ) -> Record:
+        return {
+            "run_no": self._next_run_no(txn),
+            "project": project,
+            "id": run_id,
+            "name": name if name is not None else run_id,
+            "tags": tags,
+            "state": State.RUNNING.value,
+            "config": config,
+            "metrics": {},
+            "summary_set": {},
+            "stats": {},
+            "inherited": {},
+            "last_step": last_step,
+            "rows": 0,
+            "dropped": 0,
+            "parent": parent,
+            "archived_by": None,
+            "client": client,
+            "exit_code": None,
+            "created": now,
+            "updated": now,
+        }
+
+    def _branch(
+        self,
+        txn: lmdb.Transaction,
+        project: str,
+        run_id: str | None,
+        parent: Record,
+        step: int,
+        **common: Any,
+    ) -> Record:
+        """A new record viewing ``parent``'s history up to ``step``: O(1) in rows."""
+        if run_id is None:
+            run_id = self._fresh_id(txn, project)
+        rec = self._new_record(txn, project, run_id, [parent["run_no"], step], step, **common)
+        rec["inherited"] = self._inherited_stats(txn, parent, step)
+        txn.put(_U64x2.pack(parent["run_no"], rec["run_no"]), _U64.pack(step), db=self.children)
+        return rec
+
+    def _inherited_stats(self, txn: lmdb.Transaction, parent: Record, step: int) -> summary.Stats:
+        if step >= parent["last_step"]:
+            # The whole of the parent's view: its stats merge without a scan.
+            return summary.merge(parent["inherited"], parent["stats"])
+        rows = (_unpack(v) for _, v in self.iter_rows(txn, self.segments(txn, parent), 0, step + 1))
+        return summary.from_rows(rows)
+
+    def _created(self, txn: lmdb.Transaction, rec: Record, how: str) -> dict[str, Any]:
+        self._put_record(txn, rec)
+        txn.put(self._name_key(rec["project"], rec["id"]), _U64.pack(rec["run_no"]), db=self.names)
+        return self._reply(rec, how)
+
+    @staticmethod
+    def _reply(rec: Record, how: str) -> dict[str, Any]:
+        return {
+            "run": rec["run_no"],
+            "id": rec["id"],
+            "project": rec["project"],
+            "name": rec["name"],
+            "start_step": rec["last_step"] + 1,
+            "config": rec["config"],
+            "how": how,
+        }
+
+    def _writable(self, txn: lmdb.Transaction, run_no: Any, client: str) -> Record:
+        if type(run_no) is not int:
+            raise RequestError(f"run must be an integer run number, got {run_no!r}")
+        rec = self.record(txn, run_no)
+        if rec["state"] not in WRITABLE:
+            raise RunNotWritable(
+                f"run {rec['id']!r} is {rec['state']}; resume it (or, if archived, write to the "
+                "timeline that replaced it)"
+            )
+        if rec["state"] == State.CRASHED and can(rec["state"], Event.REATTACH):
+            # The owning client reconnected after we saw it vanish.
+            rec["state"] = transition(rec["state"], Event.REATTACH)
+        return rec
+
+    def seen(self, txn: lmdb.Transaction, client: str, run_no: int, seq: int) -> bool:
+        """Whether batch ``seq`` of ``client`` for ``run_no`` is already committed."""
+        raw = txn.get(self._seq_key(client, run_no), db=self.seqs)
+        return raw is not None and seq <= _U64.unpack(raw)[0]
+
+    def _mark_seq(self, txn: lmdb.Transaction, client: str, run_no: int, seq: int) -> None:
+        txn.put(self._seq_key(client, run_no), _U64.pack(seq), db=self.seqs)
+
+    @staticmethod
+    def _seq_key(client: str, run_no: int) -> bytes:
+        return client.encode() + b"\0" + _U64.pack(run_no)
+
+    def append(
+        self, txn: lmdb.Transaction, run_no: int, rows: list[Row], client: str, seq: int
+    ) -> None:
+        """Store one batch of rows whose shape and order the caller already checked."""
+        rec = self._writable(txn, run_no, client)
+        first = rows[0][0] if rows else None
+        if first is not None and first <= rec["last_step"]:
+            raise StepOrderError(
+                f"step {first} is not after run {rec['id']!r}'s last step {rec['last_step']}; "
+                "the batch is refused whole"
+            )
+        put = txn.put
+        stats = rec["stats"]
+        hist = self.history
+        for step, values in rows:
+            put(_U64x2.pack(run_no, step), _pack(values), db=hist)
+            summary.update(stats, values)
+        if rows:
+            rec["last_step"] = rows[-1][0]
+            rec["rows"] += len(rows)
+        rec["updated"] = time.time()
+        self._put_record(txn, rec)
+        self._mark_seq(txn, client, run_no, seq)
+
+    def update_run(
+        self, txn: lmdb.Transaction, op: str, msg: dict[str, Any], client: str, seq: int
+    ) -> None:
+        """``config``, ``summary``, ``metric`` and ``finish`` requests."""
+        rec = self._writable(txn, msg.get("run"), client)
+        if op == "config":
+            rec["config"] = {**rec["config"], **_check_map(msg.get("config"), "config")}
+        elif op == "summary":
+            rec["summary_set"] = {**rec["summary_set"], **_check_map(msg.get("summary"), "summary")}
+        elif op == "metric":
+            name, mode = msg.get("name"), msg.get("summary")
+            if not isinstance(name, str) or not name:
+                raise RequestError("define_metric: name must be a non-empty string")
+            if mode not in summary.MODES:
+                raise RequestError(f"define_metric: summary must be one of {sorted(summary.MODES)}")
+            rec["metrics"] = {**rec["metrics"], name: mode}
+        elif op == "finish":
+            code = msg.get("exit_code", 0)
+            dropped = msg.get("dropped", 0)
+            if type(code) is not int or type(dropped) is not int:
+                raise RequestError("finish: exit_code and dropped must be integers")
+            event = Event.FINISH_OK if code == 0 else Event.FINISH_ERROR
+            rec["state"] = transition(rec["state"], event)
+            rec["exit_code"] = code
+            rec["dropped"] += dropped
+        else:  # pragma: no cover - the server only routes the ops above here
+            raise RequestError(f"unknown update {op!r}")
+        rec["updated"] = time.time()
+        self._put_record(txn, rec)
+        self._mark_seq(txn, client, rec["run_no"], seq)
+
+    def mark_crashed(self, txn: lmdb.Transaction, run_no: int, client: str) -> None:
+        """The owning client disconnected without ``finish``."""
+        rec = self.record(txn, run_no)
+        if rec["client"] == client and can(rec["state"], Event.DISCONNECT):
+            rec["state"] = transition(rec["state"], Event.DISCONNECT)
+            rec["updated"] = time.time()
+            self._put_record(txn, rec)
+
+    # ------------------------------------------------------------------ reads
+
+    def describe(self, txn: lmdb.Transaction, rec: Record, full: bool = False) -> dict[str, Any]:
+        parent = rec["parent"]
+        out: dict[str, Any] = {
+            "id": rec["id"],
+            "run_no": rec["run_no"],
+            "project": rec["project"],
+            "name": rec["name"],
+            "tags": rec["tags"],
+            "state": rec["state"],
+            "created": rec["created"],
+            "updated": rec["updated"],
+            "last_step": rec["last_step"],
+            "rows": rec["rows"],
+            "dropped": rec["dropped"],
+            "exit_code": rec["exit_code"],
+            "archived_by": rec["archived_by"],
+            "parent": None,
+            "summary": summary.render(
+                summary.merge(rec["inherited"], rec["stats"]),
+                rec["metrics"],
+                rec["summary_set"],
+                rec["last_step"],
+            ),
+        }
+        if parent is not None:
+            p = self.record(txn, parent[0])
+            out["parent"] = {"id": p["id"], "run_no": p["run_no"], "step": parent[1]}
+        if full:
+            out["config"] = rec["config"]
+            out["metrics"] = rec["metrics"]
+            out["lineage"] = self.lineage(txn, rec)
+            out["children"] = self.children_of(txn, rec["run_no"])
+        return out
+
+    def lineage(self, txn: lmdb.Transaction, rec: Record) -> list[dict[str, Any]]:
+        """Ancestors, nearest first: each with the step the view branches at."""
+        out = []
+        parent = rec["parent"]
+        while parent is not None:
+            p = self.record(txn, parent[0])
+            out.append(
+                {"id": p["id"], "run_no": p["run_no"], "step": parent[1], "state": p["state"]}
+            )
+            parent = p["parent"]
+        return out
+
+    def children_of(self, txn: lmdb.Transaction, run_no: int) -> list[dict[str, Any]]:
+        out = []
+        cur = txn.cursor(db=self.children)
+        prefix = _U64.pack(run_no)
+        if cur.set_range(prefix):
+            for key, value in cur:
+                if not key.startswith(prefix):
+                    break
+                child = self.record(txn, _U64.unpack(key[8:])[0])
+                out.append(
+                    {
+                        "id": child["id"],
+                        "run_no": child["run_no"],
+                        "step": _U64.unpack(value)[0],
+                        "state": child["state"],
+                    }
+                )
+        return out
+
+    def list_runs(self, txn: lmdb.Transaction, project: Any) -> list[dict[str, Any]]:
+        prefix = check_project(project).encode() + b"\0"
+        out = []
+        cur = txn.cursor(db=self.names)
+        if cur.set_range(prefix):
+            for key, value in cur:
+                if not key.startswith(prefix):
+                    break
+                out.append(self.describe(txn, self.record(txn, _U64.unpack(value)[0])))
+        return out
+
+    def projects(self, txn: lmdb.Transaction) -> list[str]:
+        seen: list[str] = []
+        for key in txn.cursor(db=self.names).iternext(keys=True, values=False):
+            project = key.split(b"\0", 1)[0].decode()
+            if not seen or seen[-1] != project:
+                seen.append(project)
+        return seen

@@ -1,0 +1,211 @@
+"""The one thread that writes to LMDB, committing requests in groups.
+
+Connections queue validated write requests; the writer takes everything queued
+(up to ``max_group``), applies it in one write transaction, commits with fsync,
+then hands every reply back to the event loop. Under load, requests pile up
+during a commit and share the next one, so throughput grows with load while a
+lone request still waits for just one fsync.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import lmdb
+from stepline.errors import DaemonError, Error, RequestError
+
+from stepline_daemon.store import Row, Store
+
+log = logging.getLogger("stepline.writer")
+
+Reply = dict[str, Any]
+ReplyFn = Callable[[Reply], None]
+Post = Callable[[list[tuple[ReplyFn, Reply]]], None]
+
+SEQ_OPS = frozenset({"log", "config", "summary", "metric", "finish"})
+
+
+@dataclass(eq=False)
+class WriteRequest:
+    op: str  # init, one of SEQ_OPS, disconnect, or barrier
+    msg: dict[str, Any]
+    client: str
+    reply: ReplyFn | None
+    rows: list[Row] = field(default_factory=list)
+
+
+def error_reply(exc: Error, msg: dict[str, Any]) -> Reply:
+    out: Reply = {"op": "error", "code": exc.code, "message": exc.message}
+    for k in ("rid", "run", "seq"):
+        if k in msg:
+            out[k] = msg[k]
+    return out
+
+
+class ResizeGate:
+    """Readers share it; growing the LMDB map needs it alone.
+
+    LMDB forbids changing the map size while any transaction of this process is
+    open, and reads run on other threads.
+    """
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._readers = 0
+        self._resizing = False
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cv:
+            self._cv.wait_for(lambda: not self._resizing)
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cv:
+                self._readers -= 1
+                self._cv.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cv:
+            self._resizing = True
+            self._cv.wait_for(lambda: self._readers == 0)
+        try:
+            yield
+        finally:
+            with self._cv:
+                self._resizing = False
+                self._cv.notify_all()
+
+
+class Writer:
+    def __init__(self, store: Store, post: Post, gate: ResizeGate, max_group: int) -> None:
+        self._store = store
+        self._post = post
+        self._gate = gate
+        self._max_group = max_group
+        self._queue: collections.deque[WriteRequest] = collections.deque()
+        self._cv = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="stepline-writer", daemon=True)
+        self.commits = 0
+        self.rows = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, req: WriteRequest) -> None:
+        with self._cv:
+            self._queue.append(req)
+            self._cv.notify()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Finish everything queued, then end the thread."""
+        with self._cv:
+            self._stopping = True
+            self._cv.notify()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                self._cv.wait_for(lambda: self._queue or self._stopping)
+                if not self._queue:
+                    return
+                n = min(len(self._queue), self._max_group)
+                group = [self._queue.popleft() for _ in range(n)]
+            try:
+                results = self._apply(group)
+            except BaseException:  # never die silently: fail the group, keep serving
+                log.exception("writer: unexpected failure applying %d requests", len(group))
+                results = [
+                    (r, error_reply(DaemonError("internal error in the writer"), r.msg))
+                    for r in group
+                ]
+            self._post([(r.reply, reply) for r, reply in results if r.reply and reply])
+
+    def _apply(self, group: list[WriteRequest]) -> list[tuple[WriteRequest, Reply | None]]:
+        while True:
+            try:
+                return self._commit(group)
+            except lmdb.MapFullError:
+                self._grow()
+            except lmdb.Error as exc:
+                # Disk full or an I/O error: the transaction was aborted, so none
+                # of the group is stored and the clients keep their rows.
+                log.error("writer: commit failed: %s", exc)
+                err = DaemonError(f"storage error, nothing from this batch was stored: {exc}")
+                err.code = "storage_full" if "space" in str(exc).lower() else "internal"
+                return [(r, error_reply(err, r.msg)) for r in group]
+            except Exception:
+                if len(group) == 1:
+                    raise
+                # One request hit a bug: retry each alone so the rest still land.
+                log.exception("writer: group failed; retrying requests one by one")
+                out: list[tuple[WriteRequest, Reply | None]] = []
+                for r in group:
+                    try:
+                        out.extend(self._commit([r]))
+                    except Exception:
+                        log.exception("writer: request %s failed", r.op)
+                        out.append((r, error_reply(DaemonError("internal error"), r.msg)))
+                return out
+
+    def _grow(self) -> None:
+        env = self._store.env
+        new = env.info()["map_size"] * 2
+        log.info("writer: LMDB map full; growing it to %d bytes", new)
+        with self._gate.exclusive():
+            env.set_mapsize(new)
+
+    def _commit(self, group: list[WriteRequest]) -> list[tuple[WriteRequest, Reply | None]]:
+        store = self._store
+        results: list[tuple[WriteRequest, Reply | None]] = []
+        rows = 0
+        txn = store.env.begin(write=True)
+        try:
+            for req in group:
+                try:
+                    results.append((req, self._apply_one(txn, req)))
+                    rows += len(req.rows)
+                except RequestError as exc:
+                    results.append((req, error_reply(exc, req.msg)))
+            txn.commit()
+        except BaseException:
+            txn.abort()
+            raise
+        self.commits += 1
+        self.rows += rows
+        return results
+
+    def _apply_one(self, txn: lmdb.Transaction, req: WriteRequest) -> Reply | None:
+        store, msg = self._store, req.msg
+        if req.op in SEQ_OPS:
+            run, seq = msg["run"], msg["seq"]
+            if not store.seen(txn, req.client, run, seq):
+                if req.op == "log":
+                    store.append(txn, run, req.rows, req.client, seq)
+                else:
+                    store.update_run(txn, req.op, msg, req.client, seq)
+            else:
+                req.rows = []  # a resend of a committed batch: acknowledge, apply nothing
+            return {"op": "ack", "run": run, "seq": seq}
+        if req.op == "init":
+            return {
+                "op": "ok",
+                "rid": msg.get("rid"),
+                "result": store.init_run(txn, msg, req.client),
+            }
+        if req.op == "disconnect":
+            store.mark_crashed(txn, msg["run"], req.client)
+            return None
+        if req.op == "barrier":
+            return {"op": "barrier"}
+        raise RequestError(f"unknown write {req.op!r}")
