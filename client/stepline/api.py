@@ -48,11 +48,15 @@ class Api:
         return [ApiRun(self, d) for d in self._call({"op": "runs", "project": project})["runs"]]
 
     def run(self, path: str) -> ApiRun:
-        """``"project/run_id"``."""
+        """``"project/run_id"``: the run's current timeline."""
         project, sep, run_id = path.partition("/")
         if not sep or not project or not run_id:
             raise UsageError(f"Api.run() takes 'project/run_id', got {path!r}")
         return ApiRun(self, self._call({"op": "info", "project": project, "id": run_id}))
+
+    def timeline(self, project: str, run_no: int) -> ApiRun:
+        """A timeline by its internal number, including ones a rewind archived."""
+        return ApiRun(self, self._call({"op": "info", "project": project, "run_no": run_no}))
 
 
 class ApiRun:
@@ -63,8 +67,12 @@ class ApiRun:
         self._info = info
 
     def refresh(self) -> ApiRun:
-        self._info = self._api._call({"op": "info", "project": self.project, "id": self.id})
+        self._info = self._api._call({"op": "info", **self._ref()})
         return self
+
+    def _ref(self) -> dict[str, Any]:
+        # Address the timeline itself, so an archived one stays reachable.
+        return {"project": self.project, "run_no": self.run_no}
 
     def _full(self, key: str) -> Any:
         if key not in self._info:
@@ -72,6 +80,7 @@ class ApiRun:
         return self._info[key]
 
     id = property(lambda self: self._info["id"])
+    run_no = property(lambda self: self._info["run_no"])
     project = property(lambda self: self._info["project"])
     name = property(lambda self: self._info["name"])
     state = property(lambda self: self._info["state"])
@@ -97,8 +106,21 @@ class ApiRun:
         """Runs branching from this one (forks, and the timeline a rewind started)."""
         return [(c["id"], c["step"]) for c in self._full("children")]
 
+    @property
+    def archived(self) -> bool:
+        """True for a timeline a rewind replaced; ``archived_by`` is the one that did."""
+        return bool(self._info["state"] == "archived")
+
+    @property
+    def rewound_from(self) -> ApiRun | None:
+        """For a rewound run, the archived timeline it replaced (same id), else None."""
+        p = self._info["parent"]
+        if p is None or p["id"] != self.id:
+            return None
+        return self._api.timeline(self.project, p["run_no"])
+
     def _query(self, op: str, **params: Any) -> dict[str, Any]:
-        msg = {"op": op, "project": self.project, "id": self.id}
+        msg = {"op": op, **self._ref()}
         msg.update({k: v for k, v in params.items() if v is not None})
         out: dict[str, Any] = self._api._call(msg)
         return out

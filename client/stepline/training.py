@@ -287,10 +287,14 @@ def init(
     return run
 
 
+EXIT_FLUSH_TIMEOUT = 10.0
+
+
 def _finish_live_runs() -> None:
-    # W&B finishes runs at interpreter exit; so do we, with a deadline.
+    # W&B finishes runs at interpreter exit; so do we, within one overall deadline.
+    deadline = time.monotonic() + EXIT_FLUSH_TIMEOUT
     for run in list(_live_runs):
-        run.finish(timeout=10.0)
+        run.finish(timeout=max(0.0, deadline - time.monotonic()))
 
 
 atexit.register(_finish_live_runs)

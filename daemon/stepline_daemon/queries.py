@@ -6,14 +6,14 @@ so a bad request is a :class:`RequestError` naming the parameter.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import lmdb
 import msgpack
-from stepline.errors import RequestError
-from stepline.rows import STEP_MAX
 
-from stepline_daemon.store import Store, hkey_step
+from stepline.errors import RequestError, RunNotFound
+from stepline.rows import STEP_MAX
+from stepline_daemon.store import Record, Store, hkey_step
 
 # One scan page is bounded so a single request cannot build an unbounded reply.
 MAX_PAGE = 100_000
@@ -55,6 +55,22 @@ def _select(packed: bytes, step: int, keys: list[str] | None) -> dict[str, Any] 
     return out
 
 
+def _target(store: Store, txn: lmdb.Transaction, msg: dict[str, Any]) -> Record:
+    """The run a read names: by id (its current timeline), or by ``run_no``.
+
+    ``run_no`` reaches timelines a rewind archived, which no id names any more.
+    """
+    run_no = msg.get("run_no")
+    if run_no is None:
+        return store.find(txn, msg.get("project"), msg.get("id"))
+    if type(run_no) is not int:
+        raise RequestError(f"run_no must be an integer, got {run_no!r}")
+    rec = store.record(txn, run_no)
+    if rec["project"] != msg.get("project"):
+        raise RunNotFound(f"no timeline {run_no} in project {msg.get('project')!r}")
+    return rec
+
+
 def runs(store: Store, txn: lmdb.Transaction, msg: dict[str, Any]) -> Any:
     if msg.get("project") is None:
         return {"projects": store.projects(txn)}
@@ -62,12 +78,12 @@ def runs(store: Store, txn: lmdb.Transaction, msg: dict[str, Any]) -> Any:
 
 
 def info(store: Store, txn: lmdb.Transaction, msg: dict[str, Any]) -> Any:
-    return store.describe(txn, store.find(txn, msg.get("project"), msg.get("id")), full=True)
+    return store.describe(txn, _target(store, txn, msg), full=True)
 
 
 def scan(store: Store, txn: lmdb.Transaction, msg: dict[str, Any]) -> Any:
     """One page of exact, fork-resolved history; ``next`` is where the next page starts."""
-    rec = store.find(txn, msg.get("project"), msg.get("id"))
+    rec = _target(store, txn, msg)
     keys = _keys(msg)
     min_step = _int(msg, "min_step", 0, 0, STEP_MAX)
     assert min_step is not None
@@ -89,7 +105,7 @@ def scan(store: Store, txn: lmdb.Transaction, msg: dict[str, Any]) -> Any:
 
 def history(store: Store, txn: lmdb.Transaction, msg: dict[str, Any]) -> Any:
     """A deterministic downsample: evenly spaced rows, always the first and the last."""
-    rec = store.find(txn, msg.get("project"), msg.get("id"))
+    rec = _target(store, txn, msg)
     keys = _keys(msg)
     min_step = _int(msg, "min_step", 0, 0, STEP_MAX) or 0
     max_step = _int(msg, "max_step", None, 0, STEP_MAX + 1)
@@ -102,7 +118,7 @@ def history(store: Store, txn: lmdb.Transaction, msg: dict[str, Any]) -> Any:
         rows = []
         for i in _pick(len(keys_in_view), samples):
             key = keys_in_view[i]
-            row = _select(txn.get(key, db=store.history), hkey_step(key), None)
+            row = _select(cast(bytes, txn.get(key, db=store.history)), hkey_step(key), None)
             assert row is not None
             rows.append(row)
         return {"rows": rows}

@@ -18,7 +18,6 @@ from typing import Any, cast
 from stepline import protocol
 from stepline.errors import Error, ProtocolError, RequestError, StepOrderError
 from stepline.rows import check_row, check_step
-
 from stepline_daemon import queries
 from stepline_daemon.settings import Settings
 from stepline_daemon.store import Row, Store

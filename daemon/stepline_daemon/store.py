@@ -29,10 +29,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lmdb
 import msgpack
+
 from stepline.errors import (
     InvalidFork,
     InvalidResume,
@@ -43,7 +44,6 @@ from stepline.errors import (
     StepOrderError,
 )
 from stepline.rows import STEP_MAX
-
 from stepline_daemon import summary
 from stepline_daemon.states import WRITABLE, Event, State, can, transition
 
@@ -165,7 +165,7 @@ class Store:
         raw = txn.get(_U64.pack(run_no), db=self.runs)
         if raw is None:
             raise RunNotFound(f"no run with internal number {run_no}")
-        rec: Record = _unpack(raw)
+        rec: Record = _unpack(cast(bytes, raw))
         return rec
 
     def _put_record(self, txn: lmdb.Transaction, rec: Record) -> None:
@@ -188,7 +188,7 @@ class Store:
         return project.encode() + b"\0" + run_id.encode()
 
     def _next_run_no(self, txn: lmdb.Transaction) -> int:
-        (n,) = _U64.unpack(txn.get(b"next_run_no", db=self.meta))
+        n = int(_U64.unpack(cast(bytes, txn.get(b"next_run_no", db=self.meta)))[0])
         txn.put(b"next_run_no", _U64.pack(n + 1), db=self.meta)
         return n
 
@@ -229,7 +229,7 @@ class Store:
                 run_no, step = _U64x2.unpack(key)
                 if run_no != seg.run_no or step > hi:
                     break
-                yield step, value
+                yield step, cast(bytes, value)
 
     def iter_steps(
         self, txn: lmdb.Transaction, segs: list[Segment], min_step: int, max_step: int | None
@@ -245,7 +245,7 @@ class Store:
                 run_no, step = _U64x2.unpack(key)
                 if run_no != seg.run_no or step > hi:
                     break
-                yield key
+                yield cast(bytes, key)
 
     # ----------------------------------------------------------------- writes
 
@@ -570,7 +570,7 @@ class Store:
         prefix = _U64.pack(run_no)
         if cur.set_range(prefix):
             for key, value in cur:
-                if not key.startswith(prefix):
+                if not cast(bytes, key).startswith(prefix):
                     break
                 child = self.record(txn, _U64.unpack(key[8:])[0])
                 out.append(
@@ -589,7 +589,7 @@ class Store:
         cur = txn.cursor(db=self.names)
         if cur.set_range(prefix):
             for key, value in cur:
-                if not key.startswith(prefix):
+                if not cast(bytes, key).startswith(prefix):
                     break
                 out.append(self.describe(txn, self.record(txn, _U64.unpack(value)[0])))
         return out
@@ -597,7 +597,7 @@ class Store:
     def projects(self, txn: lmdb.Transaction) -> list[str]:
         seen: list[str] = []
         for key in txn.cursor(db=self.names).iternext(keys=True, values=False):
-            project = key.split(b"\0", 1)[0].decode()
+            project = cast(bytes, key).split(b"\0", 1)[0].decode()
             if not seen or seen[-1] != project:
                 seen.append(project)
         return seen

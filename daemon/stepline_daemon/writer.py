@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import lmdb
-from stepline.errors import DaemonError, Error, RequestError
 
+from stepline.errors import DaemonError, Error, RequestError
 from stepline_daemon.store import Row, Store
 
 log = logging.getLogger("stepline.writer")
