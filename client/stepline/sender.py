@@ -172,19 +172,14 @@ class Sender:
         backoff = BACKOFF_MIN
         while True:
             with self._cv:
-                while True:
-                    if self._chan is None and (self._outbox or self._unacked or self._requests):
-                        break
-                    if self._chan is not None and (self._outbox or self._unacked or self._requests):
-                        break
-                    if self._stopping:
-                        self._disconnect()
-                        return
+                while not self._has_work() and not self._stopping:
                     self._idle = True
                     self._cv.wait()
                     self._idle = False
-                if self._stopping and self._chan is None and not self._requests:
-                    return  # cannot deliver; the caller's close() deadline governs
+                stop = self._stopping and not self._has_work()
+            if stop:
+                self._disconnect()
+                return
             if self._chan is None:
                 if not self._connect():
                     with self._cv:
@@ -197,6 +192,13 @@ class Sender:
             except (OSError, Error) as exc:
                 log.warning("stepline: connection to %s lost (%s); reconnecting", self.path, exc)
                 self._disconnect()
+            except Exception:
+                # A bug must not silently end delivery: log it, reconnect, resend.
+                log.exception("stepline: sender failed; reconnecting")
+                self._disconnect()
+
+    def _has_work(self) -> bool:
+        return bool(self._outbox or self._unacked or self._requests)
 
     def _connect(self) -> bool:
         try:
@@ -215,7 +217,7 @@ class Sender:
             with self._cv:
                 # Requests fail fast; batches wait for the daemon to come back.
                 for rid, req in list(self._requests.items()):
-                    req.error = err if isinstance(err, Error) else DaemonUnavailable(str(err))
+                    req.error = err
                     req.done.set()
                     del self._requests[rid]
             return False

@@ -113,7 +113,8 @@ class Connection(asyncio.Protocol):
         self.hub.connections.discard(self)
         if not self.lost.done():
             self.lost.set_result(None)
-        if self.client is not None and not self.hub.stopping:
+        reconnected = any(c.client == self.client for c in self.hub.connections)
+        if self.client is not None and not self.hub.stopping and not reconnected:
             for run_no in self.owned:
                 self.hub.writer.submit(
                     WriteRequest("disconnect", {"run": run_no}, self.client, None)
@@ -186,7 +187,11 @@ class Connection(asyncio.Protocol):
             assert self.transport is not None
             self.transport.resume_reading()
             self.paused = False
-        if reply.get("op") == "ok" and "result" in reply:
+        # The runs this connection writes to are the ones it leaves crashed if it
+        # vanishes, including runs it took over after reconnecting.
+        if reply.get("op") == "ack":
+            self.owned.add(reply["run"])
+        elif reply.get("op") == "ok" and "result" in reply:
             self.owned.add(reply["result"]["run"])
         self.send(reply)
 
