@@ -17,6 +17,8 @@ from typing import Any
 # are capped in the same range; anything bigger is a media blob, not a metric.
 MAX_ROW_BYTES = 1024 * 1024
 MAX_KEYS_PER_ROW = 10_000
+# Keys every committed row carries besides the user's; the daemon allows for them.
+RESERVED_KEYS = ("_timestamp", "_runtime")
 MAX_KEY_LEN = 256
 
 _INT_MIN = -(1 << 63)
@@ -80,6 +82,8 @@ def _flatten(data: Mapping[Any, Any], prefix: str, out: Row) -> None:
             continue
         if name == "_step":
             continue  # W&B ignores a user-supplied _step; the step is ours
+        if not name:
+            raise ValueError("log(): the empty string is not a valid key")
         if len(name) > MAX_KEY_LEN:
             raise ValueError(f"log(): key {name[:40]!r}... is longer than {MAX_KEY_LEN} characters")
         out[name] = _scalar(name, value)
@@ -89,7 +93,7 @@ def check_row(values: Any) -> str | None:
     """Why a row received on the wire is not storable, or None if it is."""
     if not isinstance(values, dict):
         return f"row must be a map, got {type(values).__name__}"
-    if len(values) > MAX_KEYS_PER_ROW:
+    if len(values) > MAX_KEYS_PER_ROW + len(RESERVED_KEYS):
         return f"row has {len(values)} keys; the maximum is {MAX_KEYS_PER_ROW}"
     for key, value in values.items():
         if type(key) is not str:
@@ -160,8 +164,15 @@ class StepTracker:
             do_commit = bool(commit)
         else:
             do_commit = commit is None or bool(commit)
-        now = time.time()
         pending = self._pending
+        if len(pending) + len(row) > MAX_KEYS_PER_ROW:  # cheap bound first
+            merged = len(pending.keys() | row.keys()) - sum(k in pending for k in RESERVED_KEYS)
+            if merged > MAX_KEYS_PER_ROW:
+                raise ValueError(
+                    f"log(): the row at step {self.step} would have {merged} keys; "
+                    f"the maximum is {MAX_KEYS_PER_ROW}"
+                )
+        now = time.time()
         pending.update(row)
         pending["_timestamp"] = now
         pending["_runtime"] = now - self._start
