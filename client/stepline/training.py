@@ -150,7 +150,8 @@ class Run:
         packed = protocol.pack_row(step, row)
         if len(packed) > MAX_ROW_BYTES:
             raise ValueError(
-                f"log(): row at step {step} is {len(packed)} bytes; the limit is {MAX_ROW_BYTES}"
+                f"log(): the row at step {step} is {len(packed)} bytes, over the {MAX_ROW_BYTES}-byte "
+                "limit; it is dropped and the step is not used"
             )
         self._sender.add_row(self._run_no, packed)
 
