@@ -31,7 +31,8 @@ def update(stats: Stats, row: Mapping[str, Any]) -> None:
         s = stats.get(key)
         if s is None:
             if _numeric(value):
-                stats[key] = [value, value, value, value, value, 1]
+                # The sum is a float: int sums would outgrow what msgpack can store.
+                stats[key] = [value, value, value, value, float(value), 1]
             else:
                 stats[key] = [value, value, None, None, 0, 0]
             continue
@@ -44,7 +45,7 @@ def update(stats: Stats, row: Mapping[str, Any]) -> None:
                     s[MIN] = value
                 if value > s[MAX]:
                     s[MAX] = value
-            s[SUM] += value
+            s[SUM] += float(value)
             s[COUNT] += 1
 
 
