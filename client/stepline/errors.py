@@ -80,6 +80,12 @@ class RunNotWritable(RequestError):
     code = "not_writable"
 
 
+class SeqGap(RequestError):
+    """A batch arrived before an earlier one of its run; the client resends in order."""
+
+    code = "seq_gap"
+
+
 class DaemonError(Error):
     code = "internal"
 
@@ -98,10 +104,15 @@ _BY_CODE: dict[str, type[Error]] = {
         InvalidResume,
         StepOrderError,
         RunNotWritable,
+        SeqGap,
         DaemonError,
         StorageFull,
     )
 }
+
+
+# Error codes after which the client keeps the batch and resends it later.
+RETRYABLE = frozenset({SeqGap.code, DaemonError.code, StorageFull.code})
 
 
 def from_reply(code: str, message: str) -> Error:

@@ -29,7 +29,7 @@ from typing import Any
 
 from stepline import protocol
 from stepline.channel import Channel
-from stepline.errors import DaemonUnavailable, Error, Timeout, from_reply
+from stepline.errors import RETRYABLE, DaemonUnavailable, Error, Timeout, from_reply
 
 log = logging.getLogger("stepline")
 
@@ -61,13 +61,21 @@ class _Request:
     sent: bool = False
 
 
+class _Retry(Exception):
+    """The daemon could not take a batch for a passing reason: reconnect, resend."""
+
+
 class Sender:
     def __init__(self, path: Path, connect_timeout: float) -> None:
         self.path = path
         self.client_id = os.urandom(16).hex()
         self.pid = os.getpid()
         self._connect_timeout = connect_timeout
-        self._cv = threading.Condition()
+        self._lock = threading.Lock()
+        # Two conditions on one lock: the sender thread waits for work, callers
+        # of flush() wait for progress; a notify never wakes the wrong kind.
+        self._work = threading.Condition(self._lock)
+        self._progress = threading.Condition(self._lock)
         self._outbox: collections.deque[_Entry] = collections.deque()
         self._ticket = 0  # last ticket handed out
         self._sent = 0  # every ticket up to this one is framed (sent or awaiting resend)
@@ -92,7 +100,7 @@ class Sender:
 
     def add_row(self, run: int, packed: bytes) -> None:
         """Queue one packed row. Called on the training thread: no I/O here."""
-        with self._cv:
+        with self._lock:
             self._ticket += 1
             last = self._outbox[-1] if self._outbox else None
             if (
@@ -107,28 +115,28 @@ class Sender:
             else:
                 self._outbox.append(_Entry(run, self._ticket, self._ticket, [packed], len(packed)))
             if self._idle:
-                self._cv.notify()
+                self._work.notify()
 
     def add_op(self, run: int, op: dict[str, Any]) -> int:
         """Queue an ordered run update (config, summary, metric, finish)."""
-        with self._cv:
+        with self._lock:
             self._ticket += 1
             self._outbox.append(_Entry(run, self._ticket, self._ticket, op=op))
             if self._idle:
-                self._cv.notify()
+                self._work.notify()
             return self._ticket
 
     def request(self, msg: dict[str, Any], timeout: float) -> Any:
         """Send a request on the sender's connection and wait for its result."""
         req = _Request(msg)
-        with self._cv:
+        with self._lock:
             rid = next(self._rids)
             msg["rid"] = rid
             self._requests[rid] = req
-            self._cv.notify()
+            self._work.notify()
         self._wake()
         if not req.done.wait(timeout):
-            with self._cv:
+            with self._lock:
                 self._requests.pop(rid, None)
             raise Timeout(f"the stepline daemon at {self.path} did not answer within {timeout}s")
         if req.error is not None:
@@ -138,10 +146,11 @@ class Sender:
     def flush(self, timeout: float | None) -> None:
         """Return once everything queued before this call is acknowledged."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cv:
+        with self._lock:
             target = self._ticket
+            self._work.notify()
         self._wake()
-        with self._cv:
+        with self._lock:
             while self._done < target:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
@@ -149,15 +158,15 @@ class Sender:
                         f"flush: {target - self._done} queued entries not yet acknowledged by "
                         f"the daemon at {self.path}"
                     )
-                self._cv.wait(left)
+                self._progress.wait(left)
             if self._errors:
                 err, self._errors = self._errors[0], []
                 raise err
 
     def close(self, timeout: float | None) -> None:
-        with self._cv:
+        with self._lock:
             self._stopping = True
-            self._cv.notify()
+            self._work.notify()
         self._wake()
         self._thread.join(timeout)
 
@@ -171,99 +180,112 @@ class Sender:
     def _run(self) -> None:
         backoff = BACKOFF_MIN
         while True:
-            with self._cv:
+            with self._lock:
                 while not self._has_work() and not self._stopping:
                     self._idle = True
-                    self._cv.wait()
+                    self._work.wait()
                     self._idle = False
-                stop = self._stopping and not self._has_work()
-            if stop:
-                self._disconnect()
-                return
-            if self._chan is None:
-                if not self._connect():
-                    with self._cv:
-                        self._cv.wait(backoff)
-                    backoff = min(backoff * 2, BACKOFF_MAX)
-                    continue
-                backoff = BACKOFF_MIN
+                if self._stopping and not self._has_work():
+                    break
             try:
-                self._pump()
+                if self._chan is None:
+                    self._connect()
+                if self._pump():
+                    backoff = BACKOFF_MIN
+                continue
+            except _Retry as exc:
+                log.warning("stepline: %s; resending in %.2fs", exc, backoff)
             except (OSError, Error) as exc:
-                log.warning("stepline: connection to %s lost (%s); reconnecting", self.path, exc)
-                self._disconnect()
+                log.warning("stepline: daemon at %s unreachable (%s); retrying", self.path, exc)
             except Exception:
                 # A bug must not silently end delivery: log it, reconnect, resend.
-                log.exception("stepline: sender failed; reconnecting")
-                self._disconnect()
+                log.exception("stepline: sender failed; retrying")
+            self._disconnect()
+            with self._lock:
+                self._work.wait(backoff)
+            backoff = min(backoff * 2, BACKOFF_MAX)
+        self._disconnect()
 
     def _has_work(self) -> bool:
         return bool(self._outbox or self._unacked or self._requests)
 
-    def _connect(self) -> bool:
+    def _connect(self) -> None:
+        """Connect, greet, and resend every unacknowledged frame, in order."""
         try:
             chan = Channel(self.path, self._connect_timeout)
-            chan.send(
-                protocol.encode(
-                    {"op": "hello", "client": self.client_id, "version": protocol.PROTOCOL_VERSION}
-                )
-            )
-            welcome = chan.receive(time.monotonic() + self._connect_timeout)
-            if welcome.get("op") != "welcome":
-                chan.close()
-                raise DaemonUnavailable(f"unexpected greeting from {self.path}: {welcome!r}")
-        except (OSError, Error) as exc:
-            err = exc if isinstance(exc, Error) else DaemonUnavailable(str(exc))
-            with self._cv:
+        except Error as exc:
+            with self._lock:
                 # Requests fail fast; batches wait for the daemon to come back.
-                for rid, req in list(self._requests.items()):
-                    req.error = err
+                for req in self._requests.values():
+                    req.error = exc
                     req.done.set()
-                    del self._requests[rid]
-            return False
-        with self._cv:
+                self._requests.clear()
+            raise
+        self._chan = chan
+        chan.send(
+            protocol.encode(
+                {"op": "hello", "client": self.client_id, "version": protocol.PROTOCOL_VERSION}
+            )
+        )
+        welcome = chan.receive(time.monotonic() + self._connect_timeout)
+        if welcome.get("op") != "welcome":
+            raise DaemonUnavailable(f"unexpected greeting from {self.path}: {welcome!r}")
+        with self._lock:
             frames = [frame for frame, _ in self._unacked.values()]
             for req in self._requests.values():
                 req.sent = False
         chan.sock.settimeout(30.0)
         if frames:
             chan.send(b"".join(frames))
-        self._chan = chan
-        return True
 
     def _disconnect(self) -> None:
         chan, self._chan = self._chan, None
         if chan is not None:
             chan.close()
-        with self._cv:
+        with self._lock:
             for rid, req in list(self._requests.items()):
                 if req.sent:  # may or may not have been applied: let the caller decide
                     req.error = DaemonUnavailable(f"connection to {self.path} lost during request")
                     req.done.set()
                     del self._requests[rid]
 
-    def _pump(self) -> None:
-        """Send what is queued, then read whatever replies are ready."""
+    def _frame(self, e: _Entry) -> bytes | None:
+        """The entry's frame with the run's next seq, or None (error recorded) if unframable."""
+        seq = self._seqs[e.run] + 1
+        try:
+            if e.rows is not None:
+                frame = protocol.encode_log(e.run, seq, e.rows, len(e.rows))
+            else:
+                assert e.op is not None
+                frame = protocol.encode({**e.op, "run": e.run, "seq": seq})
+        except Error as exc:
+            # Refused here, alone: the seq is not used, so the daemon sees no gap.
+            log.error("stepline: cannot send an update: %s", exc)
+            self._errors.append(exc)
+            return None
+        self._seqs[e.run] = seq
+        self._unacked[(e.run, seq)] = (frame, e.first)
+        return frame
+
+    def _pump(self) -> bool:
+        """Send what is queued, then read whatever replies are ready.
+
+        Returns whether any reply arrived (progress, so backoff can reset).
+        """
         chan = self._chan
         assert chan is not None
-        with self._cv:
+        with self._lock:
             entries = list(self._outbox)
             self._outbox.clear()
-            unsent = [r for r in self._requests.values() if not r.sent]
             frames: list[bytes] = []
-            for req in unsent:
-                req.sent = True
-                frames.append(protocol.encode(req.msg))
+            for req in self._requests.values():
+                if not req.sent:
+                    req.sent = True
+                    frames.append(protocol.encode(req.msg))
             for e in entries:
-                self._seqs[e.run] += 1
-                seq = self._seqs[e.run]
-                if e.rows is not None:
-                    frame = protocol.encode_log(e.run, seq, e.rows, len(e.rows))
-                else:
-                    assert e.op is not None
-                    frame = protocol.encode({**e.op, "run": e.run, "seq": seq})
-                self._unacked[(e.run, seq)] = (frame, e.first)
-                frames.append(frame)
+                frame = self._frame(e)
+                if frame is not None:
+                    frames.append(frame)
             if entries:
                 self._sent = entries[-1].ticket
             self._update_done()
@@ -271,26 +293,29 @@ class Sender:
         if frames:
             chan.send(b"".join(frames))
         if not waiting:
-            return
+            return False
         ready, _, _ = select.select([chan.sock, self._wake_r], [], [], ACK_POLL)
         if self._wake_r in ready:
             with contextlib.suppress(BlockingIOError):
                 while self._wake_r.recv(4096):
                     pass
         if chan.sock not in ready:
-            return
+            return False
         data = chan.sock.recv(256 * 1024)
         if not data:
             raise DaemonUnavailable(f"the daemon at {self.path} closed the connection")
         chan.decoder.feed(data)
         replies = chan.decoder.messages()
-        with self._cv:
-            for msg in replies:
-                self._on_reply(msg)
+        with self._lock:
+            retry = [m for m in replies if self._on_reply(m)]
             self._update_done()
-            self._cv.notify_all()
+            self._progress.notify_all()
+        if retry:
+            raise _Retry(f"the daemon could not store a batch ({retry[0].get('message')})")
+        return True
 
-    def _on_reply(self, msg: dict[str, Any]) -> None:
+    def _on_reply(self, msg: dict[str, Any]) -> bool:
+        """Apply one reply; True when it asks for the batch to be resent later."""
         op = msg.get("op")
         if "rid" in msg and msg["rid"] in self._requests:
             req = self._requests.pop(msg["rid"])
@@ -299,17 +324,20 @@ class Sender:
             else:
                 req.result = msg.get("result")
             req.done.set()
-            return
+            return False
         key = (msg.get("run"), msg.get("seq"))
-        if op in ("ack", "error") and key in self._unacked:
-            del self._unacked[key]  # type: ignore[arg-type]
+        if op not in ("ack", "error") or key not in self._unacked:
             if op == "error":
-                err = from_reply(str(msg.get("code")), str(msg.get("message")))
-                log.error("stepline: the daemon refused a batch: %s", err)
-                self._errors.append(err)
-            return
+                log.error("stepline: daemon error: %s: %s", msg.get("code"), msg.get("message"))
+            return False
+        if op == "error" and msg.get("code") in RETRYABLE:
+            return True  # kept in _unacked; resent after a reconnect
+        del self._unacked[key]  # type: ignore[arg-type]
         if op == "error":
-            log.error("stepline: daemon error: %s: %s", msg.get("code"), msg.get("message"))
+            err = from_reply(str(msg.get("code")), str(msg.get("message")))
+            log.error("stepline: the daemon refused a batch: %s", err)
+            self._errors.append(err)
+        return False
 
     def _update_done(self) -> None:
         # Entries cover contiguous, increasing ticket ranges and acks arrive in

@@ -17,7 +17,7 @@ from typing import Any
 import msgpack
 
 from stepline import paths, protocol
-from stepline.errors import InvalidFork, InvalidResume, Timeout, UsageError
+from stepline.errors import Error, InvalidFork, InvalidResume, Timeout, UsageError
 from stepline.rows import MAX_ROW_BYTES, StepTracker
 from stepline.sender import Sender
 
@@ -27,26 +27,37 @@ _REF_RE = re.compile(r"^(?P<id>[^?]+)\?_step=(?P<step>\d+)$")
 _senders: dict[Path, Sender] = {}
 _senders_lock = threading.Lock()
 _live_runs: weakref.WeakSet[Run] = weakref.WeakSet()
+# Bumped in a forked child, so runs inherited from the parent pick up a fresh sender.
+_fork_generation = 0
 
 
 def _sender(path: Path) -> Sender:
-    """The process's sender for ``path``; a fresh one after ``os.fork()``."""
+    """The process's sender for ``path``."""
     with _senders_lock:
         s = _senders.get(path)
-        if s is None or s.pid != os.getpid():
+        if s is None:
             s = _senders[path] = Sender(path, connect_timeout=DEFAULT_TIMEOUT)
         return s
 
 
 def _reset_after_fork() -> None:
-    # The child must never write to the parent's connection; its senders are
-    # rebuilt on first use.
-    global _senders_lock
+    # The child must never write to the parent's connection: its senders are
+    # rebuilt on first use. Locks another parent thread held at fork time would
+    # never be released here, so they are replaced. Inherited runs belong to the
+    # parent: the child's exit must not finish them.
+    global _senders_lock, _fork_generation
     _senders.clear()
     _senders_lock = threading.Lock()
+    _fork_generation += 1
+    for run in list(_live_runs):
+        run._lock = threading.RLock()
+    _live_runs.clear()
 
 
 os.register_at_fork(after_in_child=_reset_after_fork)
+
+# Largest config or summary update; the rest of a frame is headroom.
+MAX_UPDATE_BYTES = protocol.MAX_FRAME_SIZE // 2
 
 
 def parse_ref(ref: str, what: str, error: type[InvalidFork] | type[InvalidResume]) -> list[Any]:
@@ -64,9 +75,11 @@ def parse_ref(ref: str, what: str, error: type[InvalidFork] | type[InvalidResume
 
 def _check_packable(value: Any, what: str) -> None:
     try:
-        msgpack.packb(value, use_bin_type=True)
+        size = len(msgpack.packb(value, use_bin_type=True))
     except (TypeError, ValueError, OverflowError) as exc:
         raise TypeError(f"{what}: value cannot be stored: {exc}") from None
+    if size > MAX_UPDATE_BYTES:
+        raise ValueError(f"{what}: {size} bytes is over the {MAX_UPDATE_BYTES}-byte limit")
 
 
 class Config(dict[str, Any]):
@@ -121,14 +134,17 @@ class Run:
     """A run being logged. Thread-safe: many threads may ``log`` to one run."""
 
     def __init__(self, sender: Sender, info: dict[str, Any]) -> None:
-        self._sender = sender
+        self._sender_ = sender
+        self._generation = _fork_generation
         self._run_no: int = info["run"]
         self.id: str = info["id"]
         self.project: str = info["project"]
         self.name: str = info["name"]
         self.start_step: int = info["start_step"]
         self.resumed_how: str = info["how"]
-        self._lock = threading.Lock()
+        # Re-entrant: a signal handler calling finish() may interrupt log() on
+        # the same thread (the usual preemption handler).
+        self._lock = threading.RLock()
         self._tracker = StepTracker(self.start_step, self._emit, time.time(), self.id)
         self._finished = False
         self.config = Config(None, info.get("config") or {})
@@ -154,6 +170,14 @@ class Run:
                 "limit; it is dropped and the step is not used"
             )
         self._sender.add_row(self._run_no, packed)
+
+    @property
+    def _sender(self) -> Sender:
+        if self._generation != _fork_generation:
+            # In a forked child: use the child's own sender (new client id).
+            self._sender_ = _sender(self._sender_.path)
+            self._generation = _fork_generation
+        return self._sender_
 
     @property
     def step(self) -> int:
@@ -293,9 +317,16 @@ EXIT_FLUSH_TIMEOUT = 10.0
 
 def _finish_live_runs() -> None:
     # W&B finishes runs at interpreter exit; so do we, within one overall deadline.
+    # Then every sender flushes, which covers rows a forked child logged to runs
+    # it does not own.
     deadline = time.monotonic() + EXIT_FLUSH_TIMEOUT
     for run in list(_live_runs):
         run.finish(timeout=max(0.0, deadline - time.monotonic()))
+    for sender in list(_senders.values()):
+        try:
+            sender.flush(timeout=max(0.0, deadline - time.monotonic()))
+        except Error as exc:
+            warnings.warn(f"stepline: at exit: {exc}", RuntimeWarning, stacklevel=1)
 
 
 atexit.register(_finish_live_runs)

@@ -104,8 +104,8 @@ async def serve(settings: Settings, store: Store) -> None:
             conn.transport.close()
     if losses:
         await asyncio.wait(losses, timeout=5)
-    hub.writer.stop()
-    hub.reads.shutdown(wait=True)
+    hub.writer.stop(timeout=settings.drain_timeout)
+    hub.reads.shutdown(wait=True, cancel_futures=True)
 
 
 def run(settings: Settings) -> int:
@@ -113,6 +113,9 @@ def run(settings: Settings) -> int:
         with _claim_data_dir(settings.data_dir):
             _claim_socket(settings.socket)
             store = Store(settings.data_dir, settings.map_size)
+            orphans = store.crash_orphans()
+            if orphans:
+                log.info("marked %d runs left running by a previous daemon as crashed", orphans)
             try:
                 uvloop.run(serve(settings, store))
             finally:
@@ -126,9 +129,10 @@ def run(settings: Settings) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    settings = Settings.from_args(argv)
     logging.basicConfig(
-        level=os.environ.get("STEPLINE_LOG_LEVEL", "INFO").upper(),
+        level=settings.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    return run(Settings.from_args(argv))
+    return run(settings)

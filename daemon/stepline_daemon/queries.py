@@ -18,6 +18,9 @@ from stepline_daemon.store import Record, Store, hkey_step
 # One scan page is bounded so a single request cannot build an unbounded reply.
 MAX_PAGE = 100_000
 MAX_SAMPLES = 100_000
+# A scan page ends early past this many bytes of stored rows, well inside the
+# protocol's frame limit (JSON-ish overhead on top of msgpack is small).
+MAX_PAGE_BYTES = 8 * 1024 * 1024
 
 
 def _int(msg: dict[str, Any], name: str, default: int | None, lo: int, hi: int) -> int | None:
@@ -93,10 +96,12 @@ def scan(store: Store, txn: lmdb.Transaction, msg: dict[str, Any]) -> Any:
     segs = store.segments(txn, rec, bool(msg.get("include_parent", True)))
     rows: list[dict[str, Any]] = []
     next_step = None
+    size = 0
     for step, packed in store.iter_rows(txn, segs, min_step, max_step):
-        if len(rows) == limit:
+        if len(rows) == limit or size > MAX_PAGE_BYTES:
             next_step = step
             break
+        size += len(packed)
         row = _select(packed, step, keys)
         if row is not None:
             rows.append(row)

@@ -86,7 +86,10 @@ class Hub:
 
 def _deliver(results: list[tuple[Callable[[dict[str, Any]], None], dict[str, Any]]]) -> None:
     for fn, reply in results:
-        fn(reply)
+        try:
+            fn(reply)
+        except Exception:  # one connection's failure must not cost others their acks
+            log.exception("delivering a reply failed")
 
 
 class Connection(asyncio.Protocol):
@@ -139,8 +142,16 @@ class Connection(asyncio.Protocol):
                 self.send(error_reply(exc, msg))
 
     def send(self, msg: dict[str, Any]) -> None:
-        if not self.closed and self.transport is not None:
-            self.transport.write(protocol.encode(msg))
+        if self.closed or self.transport is None:
+            return
+        try:
+            frame = protocol.encode(msg)
+        except ProtocolError as exc:
+            # A reply too large to frame becomes an error the client can act on.
+            small = {"op": "error", "code": "reply_too_large", "message": exc.message}
+            small.update({k: msg[k] for k in ("rid", "run", "seq") if k in msg})
+            frame = protocol.encode(small)
+        self.transport.write(frame)
 
     # ------------------------------------------------------------- requests
 
@@ -161,14 +172,18 @@ class Connection(asyncio.Protocol):
         elif op in SEQ_OPS or op == "init":
             if self.client is None:
                 raise RequestError(f"{op}: send hello first")
-            rows: list[Row] = []
+            req = WriteRequest(op, msg, self.client, self._on_write_reply)
             if op in SEQ_OPS:
                 for k in ("run", "seq"):
-                    if type(msg.get(k)) is not int or msg[k] < 0:
-                        raise RequestError(f"{op}: {k} must be a non-negative integer")
+                    if type(msg.get(k)) is not int or not 0 <= msg[k] < 1 << 64:
+                        raise RequestError(f"{op}: {k} must be a non-negative 64-bit integer")
                 if op == "log":
-                    rows = _check_rows(msg.get("rows"))
-            self._write(WriteRequest(op, msg, self.client, self._on_write_reply, rows))
+                    try:
+                        req.rows = _check_rows(msg.get("rows"))
+                    except RequestError as exc:
+                        # Still goes through the writer, which records the seq in order.
+                        req.refusal = exc
+            self._write(req)
         else:
             raise ProtocolError("unknown_op", f"unknown op {op!r}")
 
@@ -183,7 +198,8 @@ class Connection(asyncio.Protocol):
 
     def _on_write_reply(self, reply: dict[str, Any]) -> None:
         self.inflight -= 1
-        if self.paused and self.inflight < self.hub.settings.max_inflight // 2 and not self.closed:
+        low = self.inflight < self.hub.settings.max_inflight // 2
+        if self.paused and low and not self.closed and not self.hub.stopping:
             assert self.transport is not None
             self.transport.resume_reading()
             self.paused = False

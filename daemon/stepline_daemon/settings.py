@@ -33,6 +33,7 @@ class Settings:
     # How long SIGTERM waits for queued writes to commit before giving up.
     drain_timeout: float = 30.0
     socket_mode: int = 0o600
+    log_level: str = "INFO"
 
     @classmethod
     def from_args(
@@ -43,6 +44,7 @@ class Settings:
         p.add_argument("--socket", help="Unix socket path (env STEPLINE_SOCKET; default XDG)")
         p.add_argument("--map-size", type=int, help="initial LMDB map size in bytes")
         p.add_argument("--read-threads", type=int)
+        p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (env STEPLINE_LOG_LEVEL)")
         args = p.parse_args(argv)
 
         def pick(flag: object, name: str) -> str | None:
@@ -56,6 +58,11 @@ class Settings:
             "data_dir": Path(data_dir) if data_dir else paths.default_data_dir(env),
             "socket": Path(sock) if sock else paths.default_socket(env),
         }
+        level = pick(args.log_level, "log_level")
+        if level is not None:
+            if level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+                p.error(f"log level must be DEBUG, INFO, WARNING or ERROR, got {level!r}")
+            kw["log_level"] = level.upper()
         for name, flag in (("map_size", args.map_size), ("read_threads", args.read_threads)):
             raw = pick(flag, name)
             if raw is not None:

@@ -441,12 +441,12 @@ class Store:
             rec["state"] = transition(rec["state"], Event.REATTACH)
         return rec
 
-    def seen(self, txn: lmdb.Transaction, client: str, run_no: int, seq: int) -> bool:
-        """Whether batch ``seq`` of ``client`` for ``run_no`` is already committed."""
+    def last_seq(self, txn: lmdb.Transaction, client: str, run_no: int) -> int:
+        """The last batch seq of ``client`` for ``run_no`` that was answered for good."""
         raw = txn.get(self._seq_key(client, run_no), db=self.seqs)
-        return raw is not None and seq <= _U64.unpack(raw)[0]
+        return 0 if raw is None else int(_U64.unpack(cast(bytes, raw))[0])
 
-    def _mark_seq(self, txn: lmdb.Transaction, client: str, run_no: int, seq: int) -> None:
+    def mark_seq(self, txn: lmdb.Transaction, client: str, run_no: int, seq: int) -> None:
         txn.put(self._seq_key(client, run_no), _U64.pack(seq), db=self.seqs)
 
     @staticmethod
@@ -475,7 +475,7 @@ class Store:
             rec["rows"] += len(rows)
         rec["updated"] = time.time()
         self._put_record(txn, rec)
-        self._mark_seq(txn, client, run_no, seq)
+        self.mark_seq(txn, client, run_no, seq)
 
     def update_run(
         self, txn: lmdb.Transaction, op: str, msg: dict[str, Any], client: str, seq: int
@@ -506,7 +506,21 @@ class Store:
             raise RequestError(f"unknown update {op!r}")
         rec["updated"] = time.time()
         self._put_record(txn, rec)
-        self._mark_seq(txn, client, rec["run_no"], seq)
+        self.mark_seq(txn, client, rec["run_no"], seq)
+
+    def crash_orphans(self) -> int:
+        """At start-up: runs left ``running`` by a previous daemon lost their client's
+        connection with it. Mark them crashed; a client that is alive and writes
+        again re-attaches. Returns how many were marked."""
+        n = 0
+        with self.env.begin(write=True) as txn:
+            for _, raw in txn.cursor(db=self.runs):
+                rec: Record = _unpack(raw)
+                if rec["state"] == State.RUNNING:
+                    rec["state"] = transition(rec["state"], Event.DISCONNECT)
+                    self._put_record(txn, rec)
+                    n += 1
+        return n
 
     def mark_crashed(self, txn: lmdb.Transaction, run_no: int, client: str) -> None:
         """The owning client disconnected without ``finish``."""

@@ -19,7 +19,7 @@ from typing import Any
 
 import lmdb
 
-from stepline.errors import DaemonError, Error, RequestError
+from stepline.errors import DaemonError, Error, RequestError, SeqGap, StorageFull
 from stepline_daemon.store import Row, Store
 
 log = logging.getLogger("stepline.writer")
@@ -38,6 +38,8 @@ class WriteRequest:
     client: str
     reply: ReplyFn | None
     rows: list[Row] = field(default_factory=list)
+    # Refused on the loop already; the writer still records its seq, in order.
+    refusal: RequestError | None = None
 
 
 def error_reply(exc: Error, msg: dict[str, Any]) -> Reply:
@@ -139,24 +141,17 @@ class Writer:
                 self._grow()
             except lmdb.Error as exc:
                 # Disk full or an I/O error: the transaction was aborted, so none
-                # of the group is stored and the clients keep their rows.
+                # of the group is stored and the clients keep their rows to resend.
                 log.error("writer: commit failed: %s", exc)
-                err = DaemonError(f"storage error, nothing from this batch was stored: {exc}")
-                err.code = "storage_full" if "space" in str(exc).lower() else "internal"
+                err = StorageFull(f"storage error, nothing from this batch was stored: {exc}")
                 return [(r, error_reply(err, r.msg)) for r in group]
             except Exception:
                 if len(group) == 1:
-                    raise
-                # One request hit a bug: retry each alone so the rest still land.
-                log.exception("writer: group failed; retrying requests one by one")
-                out: list[tuple[WriteRequest, Reply | None]] = []
-                for r in group:
-                    try:
-                        out.extend(self._commit([r]))
-                    except Exception:
-                        log.exception("writer: request %s failed", r.op)
-                        out.append((r, error_reply(DaemonError("internal error"), r.msg)))
-                return out
+                    log.exception("writer: request %s failed", group[0].op)
+                    return [(group[0], error_reply(DaemonError("internal error"), group[0].msg))]
+                # One request hit a bug: apply each alone so the rest still land.
+                log.exception("writer: group failed; applying requests one by one")
+                return [result for r in group for result in self._apply([r])]
 
     def _grow(self) -> None:
         env = self._store.env
@@ -189,13 +184,25 @@ class Writer:
         store, msg = self._store, req.msg
         if req.op in SEQ_OPS:
             run, seq = msg["run"], msg["seq"]
-            if not store.seen(txn, req.client, run, seq):
+            last = store.last_seq(txn, req.client, run)
+            if seq <= last:
+                req.rows = []  # a resend of a batch already answered: apply nothing
+                return {"op": "ack", "run": run, "seq": seq}
+            if seq != last + 1:
+                # An earlier batch failed for a passing reason (storage); the client
+                # resends from it, in order. Not recorded: this one is not answered.
+                raise SeqGap(f"batch {seq} arrived before batch {last + 1} of this run")
+            try:
+                if req.refusal is not None:
+                    raise req.refusal
                 if req.op == "log":
                     store.append(txn, run, req.rows, req.client, seq)
                 else:
                     store.update_run(txn, req.op, msg, req.client, seq)
-            else:
-                req.rows = []  # a resend of a committed batch: acknowledge, apply nothing
+            except RequestError:
+                # Refused for good: record the seq so the run's next batch follows on.
+                store.mark_seq(txn, req.client, run, seq)
+                raise
             return {"op": "ack", "run": run, "seq": seq}
         if req.op == "init":
             return {

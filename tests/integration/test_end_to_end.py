@@ -392,23 +392,26 @@ def test_bad_requests_get_typed_errors_and_store_nothing(daemon: Daemon) -> None
     s = _raw(daemon)
     s.sendall(protocol.encode({"op": "hello", "client": "raw-client"}))
     assert _replies(s, 1)[0]["op"] == "welcome"
+    # Refusals of well-addressed batches still use up their seq, in order (1-8).
     bad: dict[str, dict[str, Any]] = {
-        "step_order": {"rows": [[5, {"a": 1}], [6, {"a": 2}], [4, {"a": 3}]]},
-        "not_after_last": {"rows": [[0, {"a": 1}]]},
-        "list_value": {"rows": [[7, {"a": [1]}]]},
-        "int_key": {"rows": [[7, {1: 2}]]},
-        "negative_step": {"rows": [[-1, {"a": 1}]]},
-        "huge_step": {"rows": [[2**63, {"a": 1}]]},
-        "float_step": {"rows": [[1.5, {"a": 1}]]},
-        "empty_rows": {"rows": []},
+        "step_order": {"seq": 1, "rows": [[5, {"a": 1}], [6, {"a": 2}], [4, {"a": 3}]]},
+        "not_after_last": {"seq": 2, "rows": [[0, {"a": 1}]]},
+        "list_value": {"seq": 3, "rows": [[7, {"a": [1]}]]},
+        "int_key": {"seq": 4, "rows": [[7, {1: 2}]]},
+        "negative_step": {"seq": 5, "rows": [[-1, {"a": 1}]]},
+        "huge_step": {"seq": 6, "rows": [[2**63, {"a": 1}]]},
+        "float_step": {"seq": 7, "rows": [[1.5, {"a": 1}]]},
+        "empty_rows": {"seq": 8, "rows": []},
+        "seq_gap": {"seq": 10},
         "run_type": {"run": "x"},
-        "unknown_run": {"run": 99999},
+        "seq_type": {"seq": -1},
+        "unknown_run": {"run": 99999, "seq": 1},
         "init_type": {"op": "init", "project": 5},
         "read_type": {"op": "scan", "project": P, "id": "target", "limit": "many"},
         "unknown_op": {"op": "nonsense"},
     }
-    for i, (name, fields) in enumerate(bad.items()):
-        msg = {"op": "log", "run": run_no, "seq": i + 1, "rows": [[7, {"a": 1}]], "rid": name}
+    for name, fields in bad.items():
+        msg = {"op": "log", "run": run_no, "rows": [[7, {"a": 1}]], "rid": name}
         s.sendall(protocol.encode({**msg, **fields}))
     replies = {r["rid"]: r for r in _replies(s, len(bad))}
     assert set(replies) == set(bad)
@@ -416,14 +419,12 @@ def test_bad_requests_get_typed_errors_and_store_nothing(daemon: Daemon) -> None
     codes = {name: r["code"] for name, r in replies.items()}
     assert codes["step_order"] == "step_order" and "step 4" in replies["step_order"]["message"]
     assert codes["not_after_last"] == "step_order"
+    assert codes["seq_gap"] == "seq_gap"
     assert codes["unknown_run"] == "not_found"
     assert codes["unknown_op"] == "unknown_op"
-    assert all(
-        c == "bad_request"
-        for n, c in codes.items()
-        if n not in ("step_order", "not_after_last", "unknown_run", "unknown_op")
-    )
-    seq = len(bad) + 1
+    special = ("step_order", "not_after_last", "seq_gap", "unknown_run", "unknown_op")
+    assert all(c == "bad_request" for n, c in codes.items() if n not in special)
+    seq = 9
     # The connection still works after refusals.
     s.sendall(protocol.encode({"op": "log", "run": run_no, "seq": seq, "rows": [[8, {"a": 8}]]}))
     assert _replies(s, 1)[0] == {"op": "ack", "run": run_no, "seq": seq}

@@ -287,7 +287,7 @@ class StoreMachine(RuleBasedStateMachine):
             tl.last_step = steps[-1]
         tl.state = "running"  # a write to a crashed run reattaches it
         with self.store.env.begin() as txn:
-            assert self.store.seen(txn, client, tl.run_no, seq)
+            assert self.store.last_seq(txn, client, tl.run_no) == seq
 
     @precondition(lambda self: self.timelines)
     @rule(data=st.data(), kind=st.sampled_from(["out_of_order", "closed"]), client=CLIENTS)
