@@ -7,7 +7,10 @@ contiguous key range:
 * ``runs``     ``run_no:u64`` -> msgpack run record
 * ``names``    ``project \\0 run_id`` -> the run_no that id currently names
 * ``children`` ``parent_no:u64 | child_no:u64`` -> fork step (lineage index)
-* ``seqs``     ``client_id \\0 run_no:u64`` -> last committed batch seq
+* ``seqs``     ``client_id \\0 run_no:u64`` -> last answered batch seq
+* ``snaps``    ``run_no:u64 | step:u64`` -> the run's own summary stats up to that
+  step, every ``snapshot_every`` rows, so a fork's inherited summary costs a
+  bounded scan however long the parent
 * ``meta``     ``schema``, ``next_run_no``
 
 A fork is a new record whose ``parent`` is ``(parent_no, step)``; a rewind is a
@@ -48,6 +51,7 @@ from stepline_daemon import summary
 from stepline_daemon.states import WRITABLE, Event, State, can, transition
 
 SCHEMA_VERSION = 1
+SNAPSHOT_EVERY = 4096
 
 _U64 = struct.Struct(">Q")
 _U64x2 = struct.Struct(">QQ")
@@ -127,7 +131,8 @@ class Segment:
 
 
 class Store:
-    def __init__(self, path: Path, map_size: int) -> None:
+    def __init__(self, path: Path, map_size: int, snapshot_every: int = SNAPSHOT_EVERY) -> None:
+        self.snapshot_every = snapshot_every
         path.mkdir(parents=True, exist_ok=True)
         self.env = lmdb.open(
             str(path),
@@ -144,6 +149,7 @@ class Store:
         self.names = self.env.open_db(b"names")
         self.children = self.env.open_db(b"children")
         self.seqs = self.env.open_db(b"seqs")
+        self.snaps = self.env.open_db(b"snaps")
         self.meta = self.env.open_db(b"meta")
         with self.env.begin(write=True) as txn:
             schema = txn.get(b"schema", db=self.meta)
@@ -404,11 +410,28 @@ class Store:
         return rec
 
     def _inherited_stats(self, txn: lmdb.Transaction, parent: Record, step: int) -> summary.Stats:
-        if step >= parent["last_step"]:
-            # The whole of the parent's view: its stats merge without a scan.
-            return summary.merge(parent["inherited"], parent["stats"])
-        rows = (_unpack(v) for _, v in self.iter_rows(txn, self.segments(txn, parent), 0, step + 1))
-        return summary.from_rows(rows)
+        """Stats of ``parent``'s view up to ``step``: O(depth + snapshot_every), not O(rows)."""
+        rec = parent
+        while rec["parent"] is not None and step <= rec["parent"][1]:
+            # Up to its fork step, a run's view is its parent's view.
+            rec = self.record(txn, rec["parent"][0])
+        if step >= rec["last_step"]:
+            return summary.merge(rec["inherited"], rec["stats"])
+        return summary.merge(rec["inherited"], self._own_stats_upto(txn, rec["run_no"], step))
+
+    def _own_stats_upto(self, txn: lmdb.Transaction, run_no: int, step: int) -> summary.Stats:
+        stats: summary.Stats = {}
+        lo = 0
+        cur = txn.cursor(db=self.snaps)
+        found = cur.prev() if cur.set_range(hkey(run_no, step + 1)) else cur.last()
+        if found:
+            snap_run, snap_step = _U64x2.unpack(cast(bytes, cur.key()))
+            if snap_run == run_no and snap_step <= step:
+                stats = _unpack(cast(bytes, cur.value()))
+                lo = snap_step + 1
+        for _, packed in self.iter_rows(txn, [Segment(run_no, lo, step)]):
+            summary.update(stats, _unpack(packed))
+        return stats
 
     def _created(self, txn: lmdb.Transaction, rec: Record, how: str) -> dict[str, Any]:
         self._put_record(txn, rec)
@@ -467,9 +490,14 @@ class Store:
         put = txn.put
         stats = rec["stats"]
         hist = self.history
+        every, count = self.snapshot_every, rec["rows"]
         for step, values in rows:
-            put(_U64x2.pack(run_no, step), _pack(values), db=hist)
+            key = _U64x2.pack(run_no, step)
+            put(key, _pack(values), db=hist)
             summary.update(stats, values)
+            count += 1
+            if count % every == 0:
+                put(key, _pack(stats), db=self.snaps)
         if rows:
             rec["last_step"] = rows[-1][0]
             rec["rows"] += len(rows)

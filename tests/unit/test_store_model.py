@@ -157,7 +157,8 @@ class StoreMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.dir = Path(tempfile.mkdtemp(prefix="sl-model-", dir=_TMP_ROOT))
-        self.store = Store(self.dir / "data", map_size=64 * 1024 * 1024)
+        # Snapshots every 3 rows, so forks inherit summaries through them.
+        self.store = Store(self.dir / "data", map_size=64 * 1024 * 1024, snapshot_every=3)
         self.live: dict[str, Timeline] = {}
         self.timelines: list[Timeline] = []  # every timeline ever made, archived ones too
         self.seqs: dict[tuple[str, int], int] = {}
