@@ -15,7 +15,6 @@ import json
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,17 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import stepline
-
-
-def _listening(path: Path) -> bool:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        s.connect(str(path))
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
+from stepline.channel import listening
 
 
 def one_run(sock: Path, steps: int) -> dict[str, float]:
@@ -68,13 +57,21 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="slb-", dir="/tmp"))
     sock = tmp / "s.sock"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "stepline_daemon", "--data-dir", str(tmp / "data"), "--socket", str(sock)],
+        [
+            sys.executable,
+            "-m",
+            "stepline_daemon",
+            "--data-dir",
+            str(tmp / "data"),
+            "--socket",
+            str(sock),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
         deadline = time.monotonic() + 30
-        while not _listening(sock):
+        while not listening(sock):
             if proc.poll() is not None or time.monotonic() > deadline:
                 sys.exit("daemon did not start")
             time.sleep(0.01)

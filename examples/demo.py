@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,17 +15,7 @@ import train
 
 import stepline
 from stepline import paths
-
-
-def listening(path: Path) -> bool:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        s.connect(str(path))
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
+from stepline.channel import listening
 
 
 def start_daemon(sock: Path) -> subprocess.Popen[bytes] | None:

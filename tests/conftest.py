@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -14,6 +13,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from stepline.channel import listening
 
 STARTUP_TIMEOUT = 20.0
 
@@ -27,17 +28,6 @@ def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(delay)  # a poll interval for a condition, not a stand-in for one
         delay = min(delay * 2, 0.05)
-
-
-def _listening(path: Path) -> bool:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        s.connect(str(path))
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
 
 
 class Daemon:
@@ -73,7 +63,7 @@ class Daemon:
         self.proc = self.spawn()
         proc = self.proc
         wait_for(
-            lambda: proc.poll() is not None or _listening(self.socket),
+            lambda: proc.poll() is not None or listening(self.socket),
             STARTUP_TIMEOUT,
             "the daemon to listen",
         )

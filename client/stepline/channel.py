@@ -18,6 +18,18 @@ from stepline.errors import DaemonUnavailable, ProtocolError, Timeout, from_repl
 _RECV = 256 * 1024
 
 
+def listening(path: Path) -> bool:
+    """Whether a daemon accepts connections on ``path`` right now."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
 class Channel:
     def __init__(self, path: Path, timeout: float) -> None:
         self.path = path

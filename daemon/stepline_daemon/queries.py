@@ -119,7 +119,7 @@ def history(store: Store, txn: lmdb.Transaction, msg: dict[str, Any]) -> Any:
     segs = store.segments(txn, rec, bool(msg.get("include_parent", True)))
     if keys is None:
         # Pick steps from keys alone, then decode only the rows picked.
-        keys_in_view = list(store.iter_steps(txn, segs, min_step, max_step))
+        keys_in_view = list(store.iter_keys(txn, segs, min_step, max_step))
         rows = []
         for i in _pick(len(keys_in_view), samples):
             key = keys_in_view[i]

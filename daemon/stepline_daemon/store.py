@@ -217,6 +217,17 @@ class Store:
         segs.reverse()
         return segs
 
+    @staticmethod
+    def _bounds(
+        segs: list[Segment], min_step: int, max_step: int | None
+    ) -> Iterator[tuple[int, int, int]]:
+        """(run_no, lo, hi) of each segment clipped to ``[min_step, max_step)``."""
+        hi_limit = STEP_MAX if max_step is None else max_step - 1
+        for seg in segs:
+            lo, hi = max(seg.lo, min_step), min(seg.hi, hi_limit)
+            if lo <= hi:
+                yield seg.run_no, lo, hi
+
     def iter_rows(
         self,
         txn: lmdb.Transaction,
@@ -225,31 +236,27 @@ class Store:
         max_step: int | None = None,
     ) -> Iterator[tuple[int, bytes]]:
         """(step, packed values) over the segments, in step order; max exclusive."""
-        hi_limit = STEP_MAX if max_step is None else max_step - 1
         cur = txn.cursor(db=self.history)
-        for seg in segs:
-            lo, hi = max(seg.lo, min_step), min(seg.hi, hi_limit)
-            if lo > hi or not cur.set_range(hkey(seg.run_no, lo)):
+        for run_no, lo, hi in self._bounds(segs, min_step, max_step):
+            if not cur.set_range(hkey(run_no, lo)):
                 continue
             for key, value in cur:
-                run_no, step = _U64x2.unpack(key)
-                if run_no != seg.run_no or step > hi:
+                key_run, step = _U64x2.unpack(key)
+                if key_run != run_no or step > hi:
                     break
                 yield step, cast(bytes, value)
 
-    def iter_steps(
+    def iter_keys(
         self, txn: lmdb.Transaction, segs: list[Segment], min_step: int, max_step: int | None
     ) -> Iterator[bytes]:
         """History keys only, without reading values: for counting and sampling."""
-        hi_limit = STEP_MAX if max_step is None else max_step - 1
         cur = txn.cursor(db=self.history)
-        for seg in segs:
-            lo, hi = max(seg.lo, min_step), min(seg.hi, hi_limit)
-            if lo > hi or not cur.set_range(hkey(seg.run_no, lo)):
+        for run_no, lo, hi in self._bounds(segs, min_step, max_step):
+            if not cur.set_range(hkey(run_no, lo)):
                 continue
             for key in cur.iternext(keys=True, values=False):
-                run_no, step = _U64x2.unpack(key)
-                if run_no != seg.run_no or step > hi:
+                key_run, step = _U64x2.unpack(key)
+                if key_run != run_no or step > hi:
                     break
                 yield cast(bytes, key)
 
