@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from operator import itemgetter
 from typing import Any
 
 # One row larger than this is refused at the log() call. W&B's own history rows
@@ -59,8 +60,37 @@ def _base(value: int | float | str) -> Scalar:
     return str(value)
 
 
+def _plain(data: dict[Any, Any]) -> bool:
+    """Whether ``data`` is already a valid flat row: the common case, checked fast.
+
+    Plain type identity tests only (no ABC ``isinstance``), floats first: this runs
+    on the training thread for every ``log()`` call.
+    """
+    if len(data) > MAX_KEYS_PER_ROW or "_step" in data:
+        return False
+    for k, v in data.items():
+        t = type(v)
+        if not (
+            t is float
+            or t is str
+            or v is None
+            or t is bool
+            or (t is int and _INT_MIN <= v <= _INT_MAX)
+        ):
+            return False
+        if type(k) is not str or not 0 < len(k) <= MAX_KEY_LEN:
+            return False
+    return True
+
+
 def flatten(data: Any, into: Row | None = None) -> Row:
-    """Validate ``data`` and flatten nested mappings to dotted keys."""
+    """Validate ``data`` and flatten nested mappings to dotted keys.
+
+    A flat row of plain scalars is returned as is, not copied: callers copy it
+    into their own row before changing anything.
+    """
+    if into is None and type(data) is dict and _plain(data):
+        return data
     if not isinstance(data, Mapping):
         raise TypeError(
             f"log() takes a mapping of metric names to values, not {type(data).__name__}"
@@ -106,6 +136,59 @@ def check_row(values: Any) -> str | None:
     return None
 
 
+def column_chunks(
+    rows: Sequence[Mapping[str, Any]],
+) -> Iterator[tuple[int, list[str], Iterable[Sequence[Any]]]]:
+    """Split rows into runs with the same keys; yield (start index, keys, columns).
+
+    Consecutive rows of a training run almost always share their keys, so work
+    that would be a Python step per value becomes a few C-level passes per column.
+    """
+    i, n = 0, len(rows)
+    while i < n:
+        keys = rows[i].keys()
+        j = i + 1
+        while j < n and rows[j].keys() == keys:
+            j += 1
+        names = list(keys)
+        chunk = rows[i:j]
+        if len(names) == 1:
+            yield i, names, ([r[names[0]] for r in chunk],)
+        elif names:
+            yield i, names, zip(*map(itemgetter(*names), chunk), strict=True)
+        i = j
+
+
+_SCALARS = frozenset({float, int, str, bool, type(None)})
+
+
+def check_rows(rows: Sequence[Any]) -> tuple[int, str] | None:
+    """``check_row`` over many decoded rows: (index, reason) of the first bad one.
+
+    Checks each run of same-keyed rows column by column; only when that finds a
+    problem does it go row by row, to name the first bad row exactly.
+    """
+    if not all(type(r) is dict for r in rows):
+        return _first_bad(rows, 0)
+    for start, names, columns in column_chunks(rows):
+        ok = len(names) <= MAX_KEYS_PER_ROW + len(RESERVED_KEYS) and all(
+            type(k) is str and 0 < len(k) <= MAX_KEY_LEN for k in names
+        )
+        if ok:
+            ok = all(_SCALARS.issuperset(map(type, col)) for col in columns)
+        if not ok:
+            return _first_bad(rows, start)
+    return None
+
+
+def _first_bad(rows: Sequence[Any], start: int) -> tuple[int, str] | None:
+    for i in range(start, len(rows)):
+        why = check_row(rows[i])
+        if why:
+            return i, why
+    return None
+
+
 def check_step(step: Any) -> str | None:
     if type(step) is not int or not 0 <= step <= STEP_MAX:
         return f"step {step!r} is not an integer in [0, 2**63)"
@@ -113,6 +196,14 @@ def check_step(step: Any) -> str | None:
 
 
 Sink = Callable[[int, Row], None]
+_now = time.time
+
+
+def _as_step(step: Any) -> int:
+    """A step given as a non-int: numpy integers and other ``__index__`` types work."""
+    if isinstance(step, bool) or not hasattr(step, "__index__"):
+        raise TypeError(f"log(): step must be an int, got {type(step).__name__}")
+    return int(step)
 
 
 class StepTracker:
@@ -136,48 +227,57 @@ class StepTracker:
         self._warned = False
 
     def log(self, data: Any, step: int | None = None, commit: bool | None = None) -> None:
-        if step is not None:
-            if type(step) is not int and not (
-                hasattr(step, "__index__") and not isinstance(step, bool)
-            ):
-                raise TypeError(f"log(): step must be an int, got {type(step).__name__}")
-            step = int(step)
+        # Hot path: runs for every log() call on the training thread. Validate
+        # everything before touching any state, with as few calls as possible.
+        row = data if type(data) is dict and _plain(data) else flatten(data)
+        if step is None:
+            do_commit = commit is None or bool(commit)
+        else:
+            if type(step) is not int:
+                step = _as_step(step)
             if step < 0 or step > STEP_MAX:
                 raise ValueError(f"log(): step {step} is outside [0, 2**63)")
-        row = flatten(data)  # validate before touching any state
-        if step is not None:
-            if step < self.step:
-                self.dropped += 1
-                if not self._warned:
-                    self._warned = True
-                    warnings.warn(
-                        f"stepline: run {self._label}: log() at step {step} is behind the "
-                        f"current step {self.step}; the data is dropped (W&B semantics). "
-                        "Further drops in this run are counted, not warned.",
-                        RuntimeWarning,
-                        stacklevel=3,
-                    )
-                return
-            if step > self.step:
-                self._commit()
+            if step != self.step:
+                if step < self.step:
+                    self._drop(step)
+                    return
+                if self._pending:
+                    self._commit()
                 self.step = step
             do_commit = bool(commit)
-        else:
-            do_commit = commit is None or bool(commit)
         pending = self._pending
-        if len(pending) + len(row) > MAX_KEYS_PER_ROW:  # cheap bound first
-            merged = len(pending.keys() | row.keys()) - sum(k in pending for k in RESERVED_KEYS)
-            if merged > MAX_KEYS_PER_ROW:
-                raise ValueError(
-                    f"log(): the row at step {self.step} would have {merged} keys; "
-                    f"the maximum is {MAX_KEYS_PER_ROW}"
-                )
-        now = time.time()
-        pending.update(row)
+        if pending:
+            if len(pending) + len(row) > MAX_KEYS_PER_ROW:  # cheap bound first
+                self._check_merged_size(row)
+            pending.update(row)
+        else:
+            pending = self._pending = row.copy()
+        now = _now()
         pending["_timestamp"] = now
         pending["_runtime"] = now - self._start
         if do_commit:
             self._commit()
+
+    def _drop(self, step: int) -> None:
+        self.dropped += 1
+        if not self._warned:
+            self._warned = True
+            warnings.warn(
+                f"stepline: run {self._label}: log() at step {step} is behind the "
+                f"current step {self.step}; the data is dropped (W&B semantics). "
+                "Further drops in this run are counted, not warned.",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+
+    def _check_merged_size(self, row: Row) -> None:
+        pending = self._pending
+        merged = len(pending.keys() | row.keys()) - sum(k in pending for k in RESERVED_KEYS)
+        if merged > MAX_KEYS_PER_ROW:
+            raise ValueError(
+                f"log(): the row at step {self.step} would have {merged} keys; "
+                f"the maximum is {MAX_KEYS_PER_ROW}"
+            )
 
     def flush_pending(self) -> None:
         """Commit a pending row, as ``finish()`` does."""

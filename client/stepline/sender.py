@@ -42,7 +42,7 @@ ACK_POLL = 0.05
 BACKOFF_MIN, BACKOFF_MAX = 0.05, 2.0
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Entry:
     run: int
     first: int  # tickets first..ticket are in this entry
@@ -77,6 +77,7 @@ class Sender:
         self._work = threading.Condition(self._lock)
         self._progress = threading.Condition(self._lock)
         self._outbox: collections.deque[_Entry] = collections.deque()
+        self._tail: _Entry | None = None  # the open row entry rows coalesce into
         self._ticket = 0  # last ticket handed out
         self._sent = 0  # every ticket up to this one is framed (sent or awaiting resend)
         self._done = 0  # every ticket up to this one is acknowledged or refused
@@ -101,19 +102,15 @@ class Sender:
     def add_row(self, run: int, packed: bytes) -> None:
         """Queue one packed row. Called on the training thread: no I/O here."""
         with self._lock:
-            self._ticket += 1
-            last = self._outbox[-1] if self._outbox else None
-            if (
-                last is not None
-                and last.run == run
-                and last.rows is not None
-                and last.nbytes < BATCH_BYTES
-            ):
-                last.rows.append(packed)
-                last.nbytes += len(packed)
-                last.ticket = self._ticket
+            self._ticket = ticket = self._ticket + 1
+            tail = self._tail
+            if tail is not None and tail.run == run and tail.nbytes < BATCH_BYTES:
+                tail.rows.append(packed)  # type: ignore[union-attr]
+                tail.nbytes += len(packed)
+                tail.ticket = ticket
             else:
-                self._outbox.append(_Entry(run, self._ticket, self._ticket, [packed], len(packed)))
+                self._tail = _Entry(run, ticket, ticket, [packed], len(packed))
+                self._outbox.append(self._tail)
             if self._idle:
                 self._work.notify()
 
@@ -122,6 +119,7 @@ class Sender:
         with self._lock:
             self._ticket += 1
             self._outbox.append(_Entry(run, self._ticket, self._ticket, op=op))
+            self._tail = None  # rows after an update go in a new entry, keeping order
             if self._idle:
                 self._work.notify()
             return self._ticket
@@ -277,6 +275,7 @@ class Sender:
         with self._lock:
             entries = list(self._outbox)
             self._outbox.clear()
+            self._tail = None
             frames: list[bytes] = []
             for req in self._requests.values():
                 if not req.sent:

@@ -145,6 +145,7 @@ class Run:
         # Re-entrant: a signal handler calling finish() may interrupt log() on
         # the same thread (the usual preemption handler).
         self._lock = threading.RLock()
+        self._pack = msgpack.Packer(use_bin_type=True).pack
         self._tracker = StepTracker(self.start_step, self._emit, time.time(), self.id)
         self._finished = False
         self.config = Config(None, info.get("config") or {})
@@ -163,7 +164,10 @@ class Run:
             self._tracker.log(data, step, commit)
 
     def _emit(self, step: int, row: dict[str, Any]) -> None:
-        packed = protocol.pack_row(step, row)
+        # Packed here, once, on the caller's thread (under the run's lock, so one
+        # Packer per run is safe): the sender thread then only splices bytes and
+        # never holds the GIL long against the training loop.
+        packed = self._pack((step, row))
         if len(packed) > MAX_ROW_BYTES:
             raise ValueError(
                 f"log(): the row at step {step} is {len(packed)} bytes, over the {MAX_ROW_BYTES}-byte "

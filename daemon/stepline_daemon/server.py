@@ -17,7 +17,7 @@ from typing import Any, cast
 
 from stepline import protocol
 from stepline.errors import Error, ProtocolError, RequestError, StepOrderError
-from stepline.rows import check_row, check_step
+from stepline.rows import STEP_MAX, check_rows, check_step
 from stepline_daemon import queries
 from stepline_daemon.settings import Settings
 from stepline_daemon.store import Row, Store
@@ -35,19 +35,22 @@ def _check_rows(raw: Any) -> list[Row]:
     rows: list[Row] = []
     prev = -1
     for i, item in enumerate(raw):
-        if not isinstance(item, list) or len(item) != 2:
+        if type(item) is not list or len(item) != 2:
             raise RequestError(f"log: row {i} must be [step, {{key: value}}]")
-        step, values = item
-        why = check_step(step) or check_row(values)
-        if why:
-            raise RequestError(f"log: row {i}: {why}; the batch is refused whole")
-        if step <= prev:
+        step = item[0]
+        if type(step) is not int or not prev < step <= STEP_MAX:
+            why = check_step(step)
+            if why:
+                raise RequestError(f"log: row {i}: {why}; the batch is refused whole")
             raise StepOrderError(
                 f"log: step {step} (row {i}) does not follow step {prev}; steps must strictly "
                 "increase, so the batch is refused whole"
             )
         prev = step
-        rows.append((step, values))
+        rows.append((step, item[1]))
+    bad = check_rows([values for _, values in rows])
+    if bad is not None:
+        raise RequestError(f"log: row {bad[0]}: {bad[1]}; the batch is refused whole")
     return rows
 
 

@@ -133,6 +133,8 @@ class Segment:
 class Store:
     def __init__(self, path: Path, map_size: int, snapshot_every: int = SNAPSHOT_EVERY) -> None:
         self.snapshot_every = snapshot_every
+        # Writes happen on one thread at a time (the writer), so one Packer serves.
+        self._pack_row = msgpack.Packer(use_bin_type=True).pack
         path.mkdir(parents=True, exist_ok=True)
         self.env = lmdb.open(
             str(path),
@@ -494,17 +496,20 @@ class Store:
                 f"step {first} is not after run {rec['id']!r}'s last step {rec['last_step']}; "
                 "the batch is refused whole"
             )
-        put = txn.put
-        stats = rec["stats"]
-        hist = self.history
-        every, count = self.snapshot_every, rec["rows"]
+        put, pack, hist = txn.put, self._pack_row, self.history
+        key = _U64x2.pack
         for step, values in rows:
-            key = _U64x2.pack(run_no, step)
-            put(key, _pack(values), db=hist)
-            summary.update(stats, values)
-            count += 1
-            if count % every == 0:
-                put(key, _pack(stats), db=self.snaps)
+            put(key(run_no, step), pack(values), db=hist)
+        # Summary stats, in pieces that end where a snapshot is due.
+        stats, every, done = rec["stats"], self.snapshot_every, rec["rows"]
+        i = 0
+        while i < len(rows):
+            j = min(len(rows), i + every - done % every)
+            summary.update_batch(stats, [v for _, v in rows[i:j]])
+            done += j - i
+            if done % every == 0:
+                put(key(run_no, rows[j - 1][0]), _pack(stats), db=self.snaps)
+            i = j
         if rows:
             rec["last_step"] = rows[-1][0]
             rec["rows"] += len(rows)
