@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo lint bench clean
+.PHONY: test demo lint bench bench-peers clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,14 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+
+bench: $(STAMP)
+	$(PY) -m pip install -q -e '.[daemon,bench]'
+	$(PY) -m bench
+
+bench-peers: $(STAMP)
+	$(PY) -m pip install -q -e '.[daemon,bench]'
+	$(PY) -m bench --peers
 
 demo: $(STAMP)
 	$(PY) examples/demo.py

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -16,19 +13,14 @@ import train
 import stepline
 from stepline import paths
 from stepline.channel import listening
+from stepline_daemon.process import DaemonProcess
 
 
-def start_daemon(sock: Path) -> subprocess.Popen[bytes] | None:
+def start_daemon(sock: Path, data: Path) -> DaemonProcess | None:
     if listening(sock):
         print(f"using the daemon already listening on {sock}")
         return None
-    proc = subprocess.Popen([sys.executable, "-m", "stepline_daemon"])
-    deadline = time.monotonic() + 30
-    while not listening(sock):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            sys.exit(f"the daemon did not start (exit code {proc.poll()})")
-        time.sleep(0.05)
-    return proc
+    return DaemonProcess(data, sock).start()
 
 
 def show(api: stepline.Api, project: str, run_id: str) -> None:
@@ -51,7 +43,7 @@ def show(api: stepline.Api, project: str, run_id: str) -> None:
 def main() -> None:
     sock = paths.resolve_socket(None)
     data = Path(os.environ.get("STEPLINE_DATA_DIR") or paths.default_data_dir())
-    proc = start_daemon(sock)
+    proc = start_daemon(sock, data)
     try:
         ids = train.main("demo")
         api = stepline.Api()
@@ -68,9 +60,7 @@ def main() -> None:
         )
     finally:
         if proc is not None:
-            proc.send_signal(signal.SIGTERM)
-            code = proc.wait(30)
-            print(f"daemon stopped cleanly (exit code {code})")
+            print(f"daemon stopped cleanly (exit code {proc.stop()})")
 
 
 if __name__ == "__main__":

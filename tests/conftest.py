@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -14,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from stepline.channel import listening
+from stepline_daemon.process import DaemonProcess
 
 STARTUP_TIMEOUT = 20.0
 
@@ -30,66 +26,16 @@ def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
         delay = min(delay * 2, 0.05)
 
 
-class Daemon:
-    """One ``stepline daemon`` process; restartable on the same data dir."""
+class Daemon(DaemonProcess):
+    """A daemon on ``root``'s data dir and socket; restartable on the same data dir."""
 
     def __init__(self, root: Path) -> None:
         root.mkdir(parents=True, exist_ok=True)
-        self.data_dir = root / "data"
-        self.socket = root / "s.sock"
-        self.log_path = root / "daemon.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(root / "data", root / "s.sock", root / "daemon.log")
 
-    def spawn(self, *extra: str) -> subprocess.Popen[bytes]:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
-        env = {**os.environ, "STEPLINE_LOG_LEVEL": "INFO"}
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "stepline_daemon",
-                "--data-dir",
-                str(self.data_dir),
-                "--socket",
-                str(self.socket),
-                *extra,
-            ],
-            stdout=log,
-            stderr=log,
-            env=env,
-        )
-
-    def start(self) -> Daemon:
-        self.proc = self.spawn()
-        proc = self.proc
-        wait_for(
-            lambda: proc.poll() is not None or listening(self.socket),
-            STARTUP_TIMEOUT,
-            "the daemon to listen",
-        )
-        if proc.poll() is not None:
-            raise AssertionError(f"daemon exited with {proc.returncode}:\n{self.log()}")
+    def start(self, timeout: float = STARTUP_TIMEOUT) -> Daemon:
+        super().start(timeout)
         return self
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def stop(self, timeout: float = 30.0) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout)
-        self.proc = None
-        return code
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait(10)
-        self.proc = None
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
 
 
 @pytest.fixture

@@ -1,0 +1,306 @@
+"""The benchmark harness: ``make bench`` or ``python -m bench [--peers] [--quick]``.
+
+Runs the scenarios of the benchmark issue against real processes, interleaving
+repetitions so machine noise hits every tool alike, then prints a table, checks
+the targets (reports them; never asserts), writes JSON and PNG plots to
+``bench/results/``. Peers (W&B offline, trackio, MLflow) run only with
+``--peers``, each in a virtualenv the harness makes under ``bench/.venvs``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import stepline
+from bench import scenarios
+
+RESULTS = Path(__file__).parent / "results"
+VENVS = Path(__file__).parent / ".venvs"
+
+
+def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in runs[0].items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[k] = statistics.median(r[k] for r in runs)
+        else:
+            out[k] = v
+    return out
+
+
+class Harness:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.tmp = Path(tempfile.mkdtemp(prefix="slb-", dir="/tmp"))
+        self.n = 0
+        self.raw: dict[str, list[dict[str, Any]]] = {}
+
+    def workdir(self) -> Path:
+        self.n += 1
+        d = self.tmp / str(self.n)
+        d.mkdir()
+        return d
+
+    def record(self, key: str, fn: Callable[[], dict[str, Any]]) -> None:
+        t = time.perf_counter()
+        result = fn()
+        print(f"  {key:<22} {time.perf_counter() - t:6.1f}s", flush=True)
+        self.raw.setdefault(key, []).append(result)
+
+    def run(self) -> dict[str, Any]:
+        a = self.args
+        steps = 20_000 if a.quick else a.steps
+        peers: tuple[str, ...] = ()
+        if a.peers:
+            from bench.peers import PEERS, run_peer
+
+            peers = PEERS
+        for rep in range(a.repeats):
+            print(f"repetition {rep + 1}/{a.repeats}", flush=True)
+            if "single" in a.scenarios:
+                self.record(
+                    "single/stepline", lambda: scenarios.single_writer(self.workdir(), steps)
+                )
+                for tool in peers:
+                    n = max(1000, int(steps * a.peer_fraction.get(tool, 1.0)))
+                    self.record(
+                        f"single/{tool}", lambda t=tool, n=n: run_peer(t, n, VENVS, self.workdir())
+                    )
+            if "writers" in a.scenarios:
+                for w in (1, 4, 16):
+                    total = 100_000 if a.quick else a.writer_rows
+                    self.record(
+                        f"writers/{w}",
+                        lambda w=w, total=total: scenarios.writers(self.workdir(), w, total),
+                    )
+            if "ceiling" in a.scenarios:
+                from bench.ceiling import run_ceiling
+
+                for w in (1, 4):
+                    per = (100_000 if a.quick else a.writer_rows) // w
+                    self.record(
+                        f"ceiling/{w}", lambda w=w, per=per: run_ceiling(w, per, self.workdir())
+                    )
+        if "latency" in a.scenarios:
+            self.record(
+                "latency", lambda: scenarios.ack_latency(self.workdir(), 500 if a.quick else 2000)
+            )
+        if "reads" in a.scenarios:
+            n = 100_000 if a.quick else a.read_steps
+            self.record("reads", lambda: scenarios.reads_and_forks(self.workdir(), n, 100, 3))
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        return {k: median_of(v) for k, v in self.raw.items()}
+
+
+def targets(m: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
+    """(target, measured, goal, met) for every target the issue names."""
+    out: list[tuple[str, str, str, bool | None]] = []
+
+    def add(
+        name: str, value: float | None, goal: str, ok: Callable[[float], bool], fmt: str
+    ) -> None:
+        if value is None:
+            out.append((name, "not measured", goal, None))
+        else:
+            out.append((name, fmt.format(value), goal, ok(value)))
+
+    s = m.get("single/stepline")
+    add("log() p50", s and s["log_p50_us"], "<= 2 us", lambda v: v <= 2, "{:.2f} us")
+    add("log() p99", s and s["log_p99_us"], "<= 10 us", lambda v: v <= 10, "{:.2f} us")
+    add("log() max", s and s["log_max_us"], "<= 2000 us", lambda v: v <= 2000, "{:.0f} us")
+    for tool, goal in (("wandb", 30), ("trackio", 10)):
+        p = m.get(f"single/{tool}")
+        ratio = s["steps_per_s"] / p["steps_per_s"] if s and p else None
+        add(f"single writer vs {tool}", ratio, f">= {goal}x", lambda v, g=goal: v >= g, "{:.1f}x")
+    w4, c4 = m.get("writers/4"), m.get("ceiling/4")
+    frac = w4["rows_per_s"] / c4["rows_per_s"] if w4 and c4 else None
+    add("4 writers vs ceiling", frac, ">= 60%", lambda v: v >= 0.6, "{:.0%}")
+    r = m.get("reads")
+    add(
+        "scan_history",
+        r and r["scan_flat_rows_per_s"],
+        ">= 500k rows/s",
+        lambda v: v >= 5e5,
+        "{:,.0f} rows/s",
+    )
+    add(
+        "fork depth 100 vs none",
+        r and r["scan_chain_vs_flat"],
+        "within 10%",
+        lambda v: v >= 0.9,
+        "{:.0%} of flat",
+    )
+    add(
+        "history(samples=1000)",
+        r and r["history1000_flat_ms"],
+        "<= 20 ms",
+        lambda v: v <= 20,
+        "{:.1f} ms",
+    )
+    add(
+        "fork creation (round trip)",
+        r and r["fork_init_ms"],
+        "<= 1 ms",
+        lambda v: v <= 1,
+        "{:.2f} ms",
+    )
+    w16 = m.get("writers/16")
+    add(
+        "daemon RSS, 16 writers",
+        w16 and w16["daemon_rss_mib"],
+        "<= 150 MiB",
+        lambda v: v <= 150,
+        "{:.0f} MiB",
+    )
+    return out
+
+
+def table(m: dict[str, Any]) -> str:
+    lines = []
+    singles = {k.split("/", 1)[1]: v for k, v in m.items() if k.startswith("single/")}
+    if singles:
+        lines.append(
+            f"{'single writer':<14}{'steps/s':>12}{'log p50 us':>12}{'p99 us':>10}{'max us':>10}{'vs stepline':>13}"
+        )
+        base = singles.get("stepline", {}).get("steps_per_s")
+        for tool, v in sorted(singles.items(), key=lambda kv: -kv[1]["steps_per_s"]):
+            rel = f"{base / v['steps_per_s']:.1f}x" if base and tool != "stepline" else ""
+            lines.append(
+                f"{tool:<14}{v['steps_per_s']:>12,.0f}{v['log_p50_us']:>12.2f}{v['log_p99_us']:>10.1f}{v['log_max_us']:>10.0f}{rel:>13}"
+            )
+    for kind in ("writers", "ceiling"):
+        for k, v in sorted((k, v) for k, v in m.items() if k.startswith(kind + "/")):
+            extra = (
+                f"  daemon RSS {v['daemon_rss_mib']:.0f} MiB, client RSS {v['client_rss_mib_max']:.0f} MiB"
+                if kind == "writers"
+                else ""
+            )
+            lines.append(f"{k:<14}{v['rows_per_s']:>12,.0f} rows/s{extra}")
+    if "latency" in m:
+        v = m["latency"]
+        lines.append(
+            f"ack latency at 1 row/ms: p50 {v['ack_p50_ms']:.2f} ms, p99 {v['ack_p99_ms']:.2f} ms, max {v['ack_max_ms']:.2f} ms"
+        )
+    if "reads" in m:
+        v = m["reads"]
+        lines.append(
+            f"reads on {v['steps']:,} steps: scan {v['scan_flat_rows_per_s']:,.0f} rows/s flat, {v['scan_chain_rows_per_s']:,.0f} through a {v['depth']}-deep fork chain; history(1000) {v['history1000_flat_ms']:.1f} ms flat, {v['history1000_chain_ms']:.1f} ms chain"
+        )
+        lines.append(
+            f"fork init {v['fork_init_ms']:.2f} ms vs new empty run {v['new_run_init_ms']:.2f} ms (both include one fsync'd commit)"
+        )
+    lines.append("")
+    lines.append(f"{'target':<28}{'measured':>20}  {'goal':<16}met")
+    for name, value, goal, ok in targets(m):
+        lines.append(
+            f"{name:<28}{value:>20}  {goal:<16}{'-' if ok is None else ('yes' if ok else 'NO')}"
+        )
+    return "\n".join(lines)
+
+
+def plots(m: dict[str, Any], out: Path) -> list[Path]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plots")
+        return []
+    made = []
+    singles = {k.split("/", 1)[1]: v for k, v in m.items() if k.startswith("single/")}
+    if singles:
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+        tools = sorted(singles, key=lambda t: -singles[t]["steps_per_s"])
+        ax1.bar(tools, [singles[t]["steps_per_s"] for t in tools], color="tab:blue")
+        ax1.set_yscale("log")
+        ax1.set_title("single writer, durable steps/s (log scale)")
+        x = range(len(tools))
+        for i, (q, c) in enumerate((("log_p50_us", "tab:green"), ("log_p99_us", "tab:orange"))):
+            ax2.bar(
+                [j + i * 0.4 for j in x],
+                [singles[t][q] for t in tools],
+                width=0.4,
+                label=q,
+                color=c,
+            )
+        ax2.set_xticks([j + 0.2 for j in x], tools)
+        ax2.set_yscale("log")
+        ax2.set_title("log() cost on the caller's thread (us, log scale)")
+        ax2.legend()
+        fig.tight_layout()
+        p = out / "single.png"
+        fig.savefig(p, dpi=90)
+        made.append(p)
+    ws = sorted(
+        (int(k.split("/")[1]), v["rows_per_s"]) for k, v in m.items() if k.startswith("writers/")
+    )
+    cs = sorted(
+        (int(k.split("/")[1]), v["rows_per_s"]) for k, v in m.items() if k.startswith("ceiling/")
+    )
+    if ws:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot([w for w, _ in ws], [r for _, r in ws], "o-", label="stepline")
+        if cs:
+            ax.plot([w for w, _ in cs], [r for _, r in cs], "s--", label="ceiling pipe")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("writer processes")
+        ax.set_ylabel("durable rows/s")
+        ax.legend()
+        ax.set_title("ingest throughput")
+        fig.tight_layout()
+        p = out / "writers.png"
+        fig.savefig(p, dpi=90)
+        made.append(p)
+    return made
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    ap.add_argument("--peers", action="store_true", help="also run W&B offline, trackio, MLflow")
+    ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=100_000, help="single-writer steps")
+    ap.add_argument("--writer-rows", type=int, default=400_000)
+    ap.add_argument("--read-steps", type=int, default=1_000_000)
+    ap.add_argument("--scenarios", default="single,writers,ceiling,latency,reads")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args()
+    args.scenarios = set(args.scenarios.split(","))
+    # Peers far slower than stepline run fewer steps; rates stay comparable.
+    args.peer_fraction = {"wandb": 0.2, "trackio": 0.5, "mlflow": 0.02}
+    started = time.time()
+    m = Harness(args).run()
+    text = table(m)
+    print()
+    print(text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "date": time.strftime("%Y-%m-%d %H:%M", time.localtime(started)),
+        "machine": f"{platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores, {platform.platform()}",
+        "python": platform.python_version(),
+        "stepline": stepline.__version__,
+        "repeats": args.repeats,
+        "medians": m,
+        "targets": [
+            dict(zip(("target", "measured", "goal", "met"), t, strict=True)) for t in targets(m)
+        ],
+    }
+    (args.out / "bench.json").write_text(json.dumps(doc, indent=2))
+    (args.out / "bench.txt").write_text(text + "\n")
+    for p in plots(m, args.out):
+        print(f"wrote {p}")
+    print(f"wrote {args.out / 'bench.json'} in {time.time() - started:.0f}s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,202 @@
+"""stepline's benchmark scenarios against a real daemon process.
+
+Each function takes a fresh working dir, starts what it needs, and returns a
+flat dict of figures. Nothing here asserts a target: the harness reports.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import stepline
+from bench.rowmaker import row_maker
+from stepline_daemon.process import DaemonProcess
+
+
+def rss_peak_mib(pid: int) -> float:
+    """Peak resident set (VmHWM) of a live process, in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def daemon(workdir: Path) -> DaemonProcess:
+    workdir.mkdir(parents=True, exist_ok=True)
+    return DaemonProcess(workdir / "data", workdir / "s.sock", workdir / "daemon.log").start()
+
+
+def single_writer(workdir: Path, steps: int) -> dict[str, Any]:
+    """Scenario 1: init -> S x log(step=i) -> finish, in its own process, like the peers."""
+    d = daemon(workdir)
+    try:
+        out = workdir / "single.json"
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "bench.workload",
+                "--steps",
+                str(steps),
+                "--socket",
+                str(d.socket),
+                "--out",
+                str(out),
+            ],
+            check=True,
+            timeout=600,
+        )
+        result: dict[str, Any] = json.loads(out.read_text())
+    finally:
+        d.stop()
+    return result
+
+
+def _writer(socket: str, steps: int, barrier: Any, results: Any) -> None:
+    make = row_maker()
+    rows = [make(i) for i in range(steps)]
+    run = stepline.init(project="bench", socket=socket)
+    barrier.wait()
+    t0 = time.perf_counter()
+    for i in range(steps):
+        run.log(rows[i], step=i)
+    run.finish(timeout=600)
+    t1 = time.perf_counter()
+    results.put((t0, t1, rss_peak_mib(mp.current_process().pid or 0)))
+
+
+def writers(workdir: Path, n: int, total_rows: int) -> dict[str, Any]:
+    """Scenarios 2 and 6: n writer processes, aggregate durable rows/s, and RSS."""
+    d = daemon(workdir)
+    ctx = mp.get_context("spawn")
+    barrier, results = ctx.Barrier(n), ctx.Queue()
+    per = total_rows // n
+    procs = [
+        ctx.Process(target=_writer, args=(str(d.socket), per, barrier, results)) for _ in range(n)
+    ]
+    try:
+        for p in procs:
+            p.start()
+        got = [results.get(timeout=600) for _ in procs]
+        for p in procs:
+            p.join(60)
+        daemon_rss = rss_peak_mib(d.pid)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+        d.stop()
+    start, end = min(g[0] for g in got), max(g[1] for g in got)
+    return {
+        "writers": n,
+        "rows": per * n,
+        "rows_per_s": per * n / (end - start),
+        "daemon_rss_mib": daemon_rss,
+        "client_rss_mib_max": max(g[2] for g in got),
+    }
+
+
+def ack_latency(workdir: Path, rows: int) -> dict[str, Any]:
+    """Scenario 3: one row per millisecond, each flushed: log-to-durable latency."""
+    d = daemon(workdir)
+    make = row_maker()
+    lat: list[float] = []
+    try:
+        run = stepline.init(project="bench", socket=str(d.socket))
+        next_t = time.perf_counter()
+        for i in range(rows):
+            next_t += 0.001
+            t = time.perf_counter()
+            run.log(make(i), step=i, commit=True)
+            run.flush()
+            lat.append((time.perf_counter() - t) * 1000)
+            pause = next_t - time.perf_counter()
+            if pause > 0:
+                time.sleep(pause)  # the load itself: one row per millisecond
+        run.finish()
+    finally:
+        d.stop()
+    lat.sort()
+    return {
+        "rows": rows,
+        "ack_p50_ms": lat[len(lat) // 2],
+        "ack_p99_ms": lat[int(len(lat) * 0.99)],
+        "ack_max_ms": lat[-1],
+    }
+
+
+def _log_rows(run: stepline.Run, steps: range) -> None:
+    make = row_maker()
+    for i in steps:
+        run.log(make(i), step=i)
+
+
+def reads_and_forks(workdir: Path, steps: int, depth: int, repeats: int) -> dict[str, Any]:
+    """Scenarios 4 and 5: scans and sampling on a long run and a deep fork chain; fork cost."""
+    d = daemon(workdir)
+    sock = str(d.socket)
+    try:
+        base = stepline.init(project="bench", id="base", socket=sock)
+        _log_rows(base, range(steps))
+        base.finish(timeout=600)
+        # A chain of `depth` forks whose resolved view is also `steps` rows long.
+        per = steps // depth
+        prev = "base"
+        for k in range(depth):
+            child = stepline.init(
+                project="bench",
+                id=f"chain{k}",
+                socket=sock,
+                fork_from=f"{prev}?_step={k * per + per - 1}",
+            )
+            _log_rows(child, range(child.step, child.step + per))
+            child.finish(timeout=600)
+            prev = f"chain{k}"
+        api = stepline.Api(socket=sock)
+        out: dict[str, Any] = {"steps": steps, "depth": depth}
+        for name, run_id in (("flat", "base"), ("chain", prev)):
+            r = api.run(f"bench/{run_id}")
+            rates, samples = [], []
+            for _ in range(repeats):
+                t = time.perf_counter()
+                n = sum(1 for _ in r.scan_history(page_size=10_000))
+                rates.append(n / (time.perf_counter() - t))
+                t = time.perf_counter()
+                h = r.history(samples=1000, pandas=False)
+                samples.append((time.perf_counter() - t) * 1000)
+            if n != steps + (0 if name == "flat" else per):
+                raise RuntimeError(f"{name}: scanned {n} rows")
+            assert len(h) == 1000
+            out[f"scan_{name}_rows_per_s"] = statistics.median(rates)
+            out[f"history1000_{name}_ms"] = statistics.median(samples)
+        out["scan_chain_vs_flat"] = out["scan_chain_rows_per_s"] / out["scan_flat_rows_per_s"]
+        # Fork creation on the long parent, against creating an empty run: the
+        # difference is the fork's own work, the rest is the fsync'd commit.
+        fork_ms, new_ms = [], []
+        for k in range(20):
+            t = time.perf_counter()
+            f = stepline.init(
+                project="bench",
+                id=f"fork{k}",
+                socket=sock,
+                fork_from=f"base?_step={(k * 48_611) % steps}",
+            )
+            fork_ms.append((time.perf_counter() - t) * 1000)
+            f.finish()
+            t = time.perf_counter()
+            e = stepline.init(project="bench", id=f"empty{k}", socket=sock)
+            new_ms.append((time.perf_counter() - t) * 1000)
+            e.finish()
+        out["fork_init_ms"] = statistics.median(fork_ms)
+        out["new_run_init_ms"] = statistics.median(new_ms)
+        api.close()
+    finally:
+        d.stop()
+    return out
