@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -33,6 +34,15 @@ class Api:
                 self._chan.close()
                 self._chan = None
                 raise
+
+    @contextlib.contextmanager
+    def _reader(self) -> Iterator[Channel]:
+        """A connection of its own for a long scan, so other calls need not wait."""
+        chan = Channel(self._path, self._timeout)
+        try:
+            yield chan
+        finally:
+            chan.close()
 
     def close(self) -> None:
         with self._lock:
@@ -119,10 +129,13 @@ class ApiRun:
             return None
         return self._api.timeline(self.project, p["run_no"])
 
-    def _query(self, op: str, **params: Any) -> dict[str, Any]:
+    def _msg(self, op: str, **params: Any) -> dict[str, Any]:
         msg = {"op": op, **self._ref()}
         msg.update({k: v for k, v in params.items() if v is not None})
-        out: dict[str, Any] = self._api._call(msg)
+        return msg
+
+    def _query(self, op: str, **params: Any) -> dict[str, Any]:
+        out: dict[str, Any] = self._api._call(self._msg(op, **params))
         return out
 
     def scan_history(
@@ -138,18 +151,23 @@ class ApiRun:
         With ``keys``, only rows that have all of them, holding only them (and
         ``_step``), as W&B does.
         """
-        start: int | None = min_step
-        while start is not None:
-            page = self._query(
-                "scan",
-                keys=keys,
-                limit=page_size,
-                min_step=start,
-                max_step=max_step,
-                include_parent=include_parent,
-            )
-            yield from page["rows"]
-            start = page["next"]
+        params = {
+            "keys": keys,
+            "limit": page_size,
+            "max_step": max_step,
+            "include_parent": include_parent,
+        }
+        with self._api._reader() as chan:
+            rid = chan.start(self._msg("scan", min_step=min_step, **params))
+            while True:
+                page = chan.result(rid, self._api._timeout)
+                if page["next"] is not None:
+                    # Ask for the next page now, so the daemon reads it while we
+                    # hand out this one.
+                    rid = chan.start(self._msg("scan", min_step=page["next"], **params))
+                yield from page["rows"]
+                if page["next"] is None:
+                    return
 
     def history(
         self,

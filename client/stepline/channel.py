@@ -35,6 +35,7 @@ class Channel:
         self.path = path
         self.decoder = protocol.Decoder()
         self._rids = itertools.count(1)
+        self._early: dict[int, protocol.Message] = {}
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(timeout)
         try:
@@ -86,15 +87,30 @@ class Channel:
 
     def request(self, msg: dict[str, Any], timeout: float | None) -> Any:
         """Send a request with a fresh ``rid`` and return its result, or raise its error."""
+        return self.result(self.start(msg), timeout)
+
+    def start(self, msg: dict[str, Any]) -> int:
+        """Send a request and return its ``rid``; collect it later with :meth:`result`.
+
+        Lets a reader ask for the next page before it has used the current one.
+        """
         rid = next(self._rids)
         self.send(protocol.encode({**msg, "rid": rid}))
+        return rid
+
+    def result(self, rid: int, timeout: float | None) -> Any:
         deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            reply = self.receive(deadline)
-            if reply.get("rid") != rid:
-                continue  # a stray reply to an earlier, abandoned request
-            if reply["op"] == "error":
-                raise from_reply(str(reply.get("code")), str(reply.get("message")))
-            if reply["op"] != "ok":
-                raise ProtocolError("bad_reply", f"unexpected reply {reply['op']!r} to a request")
-            return reply.get("result")
+        while (reply := self._early.pop(rid, None)) is None:
+            msg = self.receive(deadline)
+            got = msg.get("rid")
+            if got == rid:
+                reply = msg
+                break
+            if isinstance(got, int) and got > rid:
+                self._early[got] = msg  # reads may finish out of order
+            # else: a stray reply to an earlier, abandoned request
+        if reply["op"] == "error":
+            raise from_reply(str(reply.get("code")), str(reply.get("message")))
+        if reply["op"] != "ok":
+            raise ProtocolError("bad_reply", f"unexpected reply {reply['op']!r} to a request")
+        return reply.get("result")

@@ -102,6 +102,69 @@ def encode_log(run: int, seq: int, packed_rows: Iterable[bytes], count: int) -> 
     return _HEADER.pack(len(payload)) + payload
 
 
+def _map_header(n: int) -> bytes:
+    if n < 16:
+        return bytes((0x80 | n,))
+    if n < 1 << 16:
+        return b"\xde" + n.to_bytes(2, "big")
+    return b"\xdf" + n.to_bytes(4, "big")
+
+
+def _uint(n: int) -> bytes:
+    if n < 0x80:
+        return bytes((n,))
+    if n < 1 << 8:
+        return b"\xcc" + bytes((n,))
+    if n < 1 << 16:
+        return b"\xcd" + n.to_bytes(2, "big")
+    if n < 1 << 32:
+        return b"\xce" + n.to_bytes(4, "big")
+    return b"\xcf" + n.to_bytes(8, "big")
+
+
+_STEP_KEY = b"\xa5_step"
+
+
+def step_row_parts(step: int, packed_map: bytes) -> tuple[bytes, bytes, bytes, memoryview]:
+    """A stored row (a packed map) as the parts of that map with ``_step`` first.
+
+    Lets the daemon answer a scan without decoding and re-encoding every row.
+    """
+    b0 = packed_map[0]
+    if b0 & 0xF0 == 0x80:
+        n, skip = b0 & 0x0F, 1
+    elif b0 == 0xDE:
+        n, skip = int.from_bytes(packed_map[1:3], "big"), 3
+    elif b0 == 0xDF:
+        n, skip = int.from_bytes(packed_map[1:5], "big"), 5
+    else:
+        raise ValueError("a stored row is not a msgpack map")
+    return _map_header(n + 1), _STEP_KEY, _uint(step), memoryview(packed_map)[skip:]
+
+
+def encode_rows_result(rid: Any, row_parts: list[Any], count: int, next_step: int | None) -> bytes:
+    """``{"op": "ok", "rid": rid, "result": {"rows": [...], "next": next_step}}``
+    from rows already encoded (see :func:`step_row_parts`)."""
+    head: bytes = msgpack.packb({"op": "ok", "rid": rid}, use_bin_type=True)
+    tail: bytes = msgpack.packb(next_step)
+    payload = b"".join(
+        [
+            bytes((head[0] + 1,)),
+            head[1:],
+            b"\xa6result\x82\xa4rows",
+            _array_header(count),
+            *row_parts,
+            b"\xa4next",
+            tail,
+        ]
+    )
+    if len(payload) > MAX_FRAME_SIZE:
+        raise ProtocolError(
+            "frame_too_large", f"reply of {len(payload)} bytes exceeds {MAX_FRAME_SIZE}"
+        )
+    return _HEADER.pack(len(payload)) + payload
+
+
 class Decoder:
     """Incremental frame decoder: ``feed`` bytes, then drain ``next_message``.
 

@@ -6,11 +6,14 @@ so a bad request is a :class:`RequestError` naming the parameter.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, cast
 
 import lmdb
 import msgpack
 
+from stepline import protocol
 from stepline.errors import RequestError, RunNotFound
 from stepline.rows import STEP_MAX
 from stepline_daemon.store import Record, Store, hkey_step
@@ -21,6 +24,22 @@ MAX_SAMPLES = 100_000
 # A scan page ends early past this many bytes of stored rows, well inside the
 # protocol's frame limit (JSON-ish overhead on top of msgpack is small).
 MAX_PAGE_BYTES = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Prebuilt:
+    """A reply whose frame the read thread builds itself, given the request id."""
+
+    frame: Callable[[Any], bytes]
+
+    def decoded(self) -> Any:
+        """The result as a client would decode it (for in-process callers and tests)."""
+        return msgpack.unpackb(self.frame(0)[protocol.HEADER_SIZE :], raw=False)["result"]
+
+
+def result_of(result: Any) -> Any:
+    """A read's result as plain data, whether it was prebuilt or not."""
+    return result.decoded() if isinstance(result, Prebuilt) else result
 
 
 def _int(msg: dict[str, Any], name: str, default: int | None, lo: int, hi: int) -> int | None:
@@ -95,16 +114,24 @@ def scan(store: Store, txn: lmdb.Transaction, msg: dict[str, Any]) -> Any:
     assert limit is not None
     segs = store.segments(txn, rec, bool(msg.get("include_parent", True)))
     rows: list[dict[str, Any]] = []
+    parts: list[Any] = []
+    count = 0
     next_step = None
     size = 0
     for step, packed in store.iter_rows(txn, segs, min_step, max_step):
-        if len(rows) == limit or size > MAX_PAGE_BYTES:
+        if count == limit or size > MAX_PAGE_BYTES:
             next_step = step
             break
         size += len(packed)
-        row = _select(packed, step, keys)
-        if row is not None:
+        if keys is None:
+            # Whole rows: spliced as stored, never decoded here.
+            parts.extend(protocol.step_row_parts(step, packed))
+            count += 1
+        elif (row := _select(packed, step, keys)) is not None:
             rows.append(row)
+            count += 1
+    if keys is None:
+        return Prebuilt(lambda rid: protocol.encode_rows_result(rid, parts, count, next_step))
     return {"rows": rows, "next": next_step}
 
 
@@ -118,11 +145,14 @@ def history(store: Store, txn: lmdb.Transaction, msg: dict[str, Any]) -> Any:
     assert samples is not None
     segs = store.segments(txn, rec, bool(msg.get("include_parent", True)))
     if keys is None:
-        # Pick steps from keys alone, then decode only the rows picked.
-        keys_in_view = list(store.iter_keys(txn, segs, min_step, max_step))
+        # Seek to evenly spaced steps; only when that cannot stand for index
+        # sampling, walk the keys (never the values) and pick by index.
+        picked = store.sample_keys(txn, segs, min_step, max_step, samples)
+        if picked is None:
+            keys_in_view = list(store.iter_keys(txn, segs, min_step, max_step))
+            picked = [keys_in_view[i] for i in _pick(len(keys_in_view), samples)]
         rows = []
-        for i in _pick(len(keys_in_view), samples):
-            key = keys_in_view[i]
+        for key in picked:
             row = _select(cast(bytes, txn.get(key, db=store.history)), hkey_step(key), None)
             assert row is not None
             rows.append(row)

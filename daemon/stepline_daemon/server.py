@@ -72,10 +72,13 @@ class Hub:
         self.loop.call_soon_threadsafe(_deliver, results)
 
     def read(self, op: str, msg: dict[str, Any]) -> Any:
-        """Runs on a read-pool thread."""
+        """Runs on a read-pool thread; prebuilt replies are framed here too, off the loop."""
         fn = queries.READS[op]
         with self.gate.shared(), self.store.env.begin() as txn:
-            return fn(self.store, txn, msg)
+            result = fn(self.store, txn, msg)
+        if isinstance(result, queries.Prebuilt):
+            return result.frame(msg.get("rid"))
+        return result
 
     def protocol_factory(self) -> Connection:
         return Connection(self)
@@ -143,6 +146,10 @@ class Connection(asyncio.Protocol):
                 self.handle(msg)
             except Error as exc:
                 self.send(error_reply(exc, msg))
+
+    def write_frame(self, frame: bytes) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.write(frame)
 
     def send(self, msg: dict[str, Any]) -> None:
         if self.closed or self.transport is None:
@@ -220,7 +227,11 @@ class Connection(asyncio.Protocol):
         def done(f: asyncio.Future[Any]) -> None:
             exc = f.exception()
             if exc is None:
-                self.send({"op": "ok", "rid": msg.get("rid"), "result": f.result()})
+                result = f.result()
+                if isinstance(result, bytes):
+                    self.write_frame(result)
+                else:
+                    self.send({"op": "ok", "rid": msg.get("rid"), "result": result})
             elif isinstance(exc, Error):
                 self.send(error_reply(exc, msg))
             else:

@@ -519,7 +519,7 @@ class StoreMachine(RuleBasedStateMachine):
         if keys is not None:
             msg["keys"] = keys
         with self.store.env.begin() as txn:
-            got = queries.scan(self.store, txn, msg)
+            got = queries.result_of(queries.scan(self.store, txn, msg))
         want = select(tl.view(min_step, max_step, include_parent), keys)
         assert_same(got["rows"], want, f"scan {msg}")
         assert got["next"] is None
@@ -532,7 +532,7 @@ class StoreMachine(RuleBasedStateMachine):
         with self.store.env.begin() as txn:
             for _ in range(len(tl.rows) + 2):
                 msg = {"project": P, "id": tl.run_id, "limit": limit, "min_step": min_step}
-                page = queries.scan(self.store, txn, msg)
+                page = queries.result_of(queries.scan(self.store, txn, msg))
                 assert len(page["rows"]) <= limit
                 rows.extend(page["rows"])
                 if page["next"] is None:
@@ -621,10 +621,10 @@ class StoreMachine(RuleBasedStateMachine):
         with self.store.env.begin() as txn:
             for run_id, tl in self.live.items():
                 msg = {"project": P, "id": run_id, "limit": 100000}
-                got = queries.scan(self.store, txn, msg)
+                got = queries.result_of(queries.scan(self.store, txn, msg))
                 assert_same(got["rows"], tl.rows, f"scan {run_id!r}")
                 assert got["next"] is None
-                own = queries.scan(self.store, txn, {**msg, "include_parent": False})
+                own = queries.result_of(queries.scan(self.store, txn, {**msg, "include_parent": False}))
                 assert_same(own["rows"], tl.own(), f"scan {run_id!r} include_parent=False")
                 for samples in (2, 3):
                     self.check_history(
@@ -659,7 +659,7 @@ def test_int_sums_beyond_64_bits(tmp_path: Path) -> None:
             with store.env.begin(write=True) as txn:
                 store.append(txn, run, rows, "c1", seq)
         with store.env.begin() as txn:
-            got = queries.scan(store, txn, {"project": P, "id": "big"})["rows"]
+            got = queries.result_of(queries.scan(store, txn, {"project": P, "id": "big"}))["rows"]
             summary = store.describe(txn, store.find(txn, P, "big"))["summary"]
         assert got == [{"_step": 0, "n": 2**64 - 1, "m": -(2**63)}, {"_step": 1, "n": 1, "m": -1}]
         assert summary == {"n": 1, "m": -1, "_step": 1}
