@@ -113,25 +113,20 @@ def scan(store: Store, txn: lmdb.Transaction, msg: dict[str, Any]) -> Any:
     limit = _int(msg, "limit", 1000, 1, MAX_PAGE)
     assert limit is not None
     segs = store.segments(txn, rec, bool(msg.get("include_parent", True)))
+    if keys is None:
+        # Whole rows: spliced into the reply as stored, never decoded here.
+        parts, count, nxt = store.scan_parts(txn, segs, min_step, max_step, limit, MAX_PAGE_BYTES)
+        return Prebuilt(lambda rid: protocol.encode_rows_result(rid, parts, count, nxt))
     rows: list[dict[str, Any]] = []
-    parts: list[Any] = []
-    count = 0
     next_step = None
     size = 0
     for step, packed in store.iter_rows(txn, segs, min_step, max_step):
-        if count == limit or size > MAX_PAGE_BYTES:
+        if len(rows) == limit or size > MAX_PAGE_BYTES:
             next_step = step
             break
         size += len(packed)
-        if keys is None:
-            # Whole rows: spliced as stored, never decoded here.
-            parts.extend(protocol.step_row_parts(step, packed))
-            count += 1
-        elif (row := _select(packed, step, keys)) is not None:
+        if (row := _select(packed, step, keys)) is not None:
             rows.append(row)
-            count += 1
-    if keys is None:
-        return Prebuilt(lambda rid: protocol.encode_rows_result(rid, parts, count, next_step))
     return {"rows": rows, "next": next_step}
 
 

@@ -37,6 +37,7 @@ from typing import Any, cast
 import lmdb
 import msgpack
 
+from stepline import protocol
 from stepline.errors import (
     InvalidFork,
     InvalidResume,
@@ -56,6 +57,10 @@ SCHEMA_VERSION = 1
 SNAPSHOT_EVERY = 256
 
 _U64 = struct.Struct(">Q")
+# For splicing ``_step`` into stored rows: a fixmap header one entry larger, and
+# the key "_step" followed by the uint64 marker (the step's 8 bytes follow).
+_FIXMAP_PLUS_ONE = {b: bytes((b + 1,)) for b in range(0x80, 0x8F)}
+_STEP_U64 = b"\xa5_step\xcf"
 _U64x2 = struct.Struct(">QQ")
 
 # Run ids and projects end up in URLs, file names and log lines.
@@ -249,6 +254,43 @@ class Store:
                 if key_run != run_no or step > hi:
                     break
                 yield step, cast(bytes, value)
+
+    def scan_parts(
+        self,
+        txn: lmdb.Transaction,
+        segs: list[Segment],
+        min_step: int,
+        max_step: int | None,
+        limit: int,
+        max_bytes: int,
+    ) -> tuple[list[Any], int, int | None]:
+        """One page of whole rows as reply parts (see ``protocol.step_row_parts``):
+        (parts, row count, the step the next page starts at or None).
+
+        The hottest read loop, so it compares raw big-endian keys and reuses the
+        key's own bytes as ``_step`` (msgpack uint64), decoding nothing.
+        """
+        parts: list[Any] = []
+        add = parts.extend
+        count = size = 0
+        cur = txn.cursor(db=self.history)
+        for run_no, lo, hi in self._bounds(segs, min_step, max_step):
+            if not cur.set_range(hkey(run_no, lo)):
+                continue
+            end = hkey(run_no, hi)
+            for key, value in cast(Iterator[tuple[bytes, bytes]], cur):
+                if key > end:
+                    break
+                if count == limit or size > max_bytes:
+                    return parts, count, hkey_step(key)
+                size += len(value)
+                count += 1
+                b0 = value[0]
+                if 0x80 <= b0 < 0x8F:  # fixmap with room for one more key
+                    add((_FIXMAP_PLUS_ONE[b0], _STEP_U64, key[8:], memoryview(value)[1:]))
+                else:
+                    add(protocol.step_row_parts(hkey_step(key), value))
+        return parts, count, None
 
     def iter_keys(
         self, txn: lmdb.Transaction, segs: list[Segment], min_step: int, max_step: int | None
