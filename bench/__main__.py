@@ -61,9 +61,10 @@ class Harness:
         steps = 20_000 if a.quick else a.steps
         peers: tuple[str, ...] = ()
         if a.peers:
-            from bench.peers import PEERS, run_peer
+            from bench.peers import DEFAULT_STEPS, PEERS, run_peer
 
-            peers = PEERS
+            # Peers far slower than stepline run fewer steps; rates stay comparable.
+            peers, peer_steps = PEERS, DEFAULT_STEPS
         for rep in range(a.repeats):
             print(f"repetition {rep + 1}/{a.repeats}", flush=True)
             if "single" in a.scenarios:
@@ -71,7 +72,7 @@ class Harness:
                     "single/stepline", lambda: scenarios.single_writer(self.workdir(), steps)
                 )
                 for tool in peers:
-                    n = max(1000, int(steps * a.peer_fraction.get(tool, 1.0)))
+                    n = peer_steps[tool] // (10 if a.quick else 1)
                     self.record(
                         f"single/{tool}", lambda t=tool, n=n: run_peer(t, n, VENVS, self.workdir())
                     )
@@ -276,8 +277,6 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     args.scenarios = set(args.scenarios.split(","))
-    # Peers far slower than stepline run fewer steps; rates stay comparable.
-    args.peer_fraction = {"wandb": 0.2, "trackio": 0.5, "mlflow": 0.02}
     started = time.time()
     m = Harness(args).run()
     text = table(m)

@@ -25,6 +25,10 @@ from typing import Any
 from bench.peers.venvs import ensure_venv
 
 PEERS = ("wandb", "trackio", "mlflow")
+# Steps per run that keep 3 interleaved repetitions of all three peers near 1.5 min
+# on a 2-core machine. MLflow's synchronous SQLite logging costs ~6 ms a step, so it
+# gets fewer steps; its per-step figures (steps/s, log() percentiles) stay comparable.
+DEFAULT_STEPS = {"wandb": 20_000, "trackio": 20_000, "mlflow": 2_000}
 WORKLOAD = Path(__file__).with_name("workload.py")
 
 # Inherited settings that would change a tool's behaviour away from its defaults.
@@ -45,6 +49,7 @@ def peer_env(rundir: Path) -> dict[str, str]:
     env.update(
         {
             "PYTHONNOUSERSITE": "1",
+            "TMPDIR": str(state / "tmp"),  # W&B leaves tmp*wandb-media dirs behind
             "DO_NOT_TRACK": "1",
             # W&B: offline run, no Sentry reports, config and caches out of $HOME.
             "WANDB_MODE": "offline",
@@ -73,10 +78,20 @@ def _tail(path: Path, n: int = 4000) -> str:
         return ""
 
 
-def _kill_group(pgid: int) -> None:
-    """End whatever the workload left behind in its own session (e.g. wandb-core)."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
+def _end_group(proc: subprocess.Popen[bytes]) -> int:
+    """Kill the workload and what it left in its process group, then reap it.
+
+    The leader is not reaped until the end: while it is a zombie its group id cannot
+    be reused, so the group kill reaches only processes the workload started. A second
+    kill catches a child forked while the first was being delivered. (wandb-core puts
+    itself in a session of its own and exits by itself once its client is gone.)
+    """
+    for _ in range(2):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+        time.sleep(0.05)
+    return proc.wait()
 
 
 def run_peer(
@@ -105,6 +120,7 @@ def run_peer(
     workdir = Path(workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
     rundir = Path(tempfile.mkdtemp(prefix=f"{tool}-", dir=workdir))
+    (rundir / "state" / "tmp").mkdir(parents=True)
     out = rundir / "result.json"
     cmd = [
         str(python),
@@ -130,20 +146,19 @@ def run_peer(
             start_new_session=True,
         )
         deadline = time.monotonic() + timeout
-        # Wait without reaping: while the leader is a zombie its group id cannot be
-        # reused, so killing the group reaches only what the workload started.
-        while os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
-            if time.monotonic() > deadline:
-                _kill_group(proc.pid)
-                proc.wait()
-                raise PeerError(
-                    f"{tool}: workload timed out after {timeout:.0f}s ({steps} steps); "
-                    f"files in {rundir}; stderr tail:\n{_tail(rundir / 'stderr.log')}"
-                )
-            time.sleep(0.05)
-        _kill_group(proc.pid)
-        rc = proc.wait()
-    wall = time.perf_counter() - t0
+        try:
+            while os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+                if time.monotonic() > deadline:
+                    raise PeerError(
+                        f"{tool}: workload timed out after {timeout:.0f}s ({steps} steps); "
+                        f"files in {rundir}; stderr tail:\n{_tail(rundir / 'stderr.log')}"
+                    )
+                time.sleep(0.05)
+        except BaseException:  # the timeout, or ^C: the workload is in its own session
+            _end_group(proc)
+            raise
+        wall = time.perf_counter() - t0
+        rc = _end_group(proc)
     if rc != 0 or not out.exists():
         raise PeerError(
             f"{tool}: workload exited {rc} ({steps} steps); files in {rundir}; "

@@ -81,15 +81,18 @@ def run_wandb(steps: int, workdir: Path) -> dict[str, Any]:
         exited = exited or rec.get("type") == "exit"
     if not exited:
         fail("wandb: no exit record in the transaction log after run.finish()")
+    t4 = time.perf_counter()
     return {
         "setup_s": t0 - s0,
-        "timings": (t0, t1, t2, t3),
+        "timings": (t0, t1, t2, t3, t4),
         "costs": costs,
         "pairs": pairs,
         "notes": (
             "wandb offline (WANDB_MODE=offline), defaults: log() hands each row to the "
             "wandb-core service process, finish() waits until it has written the .wandb "
-            "transaction log (system-metrics sampling and console capture left on). "
+            "transaction log (system-metrics sampling and console capture left on); that "
+            "file is written but never fsynced (strace), so it survives a process crash, "
+            "not a power cut. "
             "Service started before the clock by wandb.setup() (setup_s). "
             "Read back: `wandb leet inspect --json` (wandb-core's reader), history records."
         ),
@@ -114,15 +117,17 @@ def run_trackio(steps: int, workdir: Path) -> dict[str, Any]:
     # Read back through trackio's storage layer (what its dashboard and API use).
     logs = SQLiteStorage.get_logs(PROJECT, run=run.name, run_id=run.id)
     pairs = [(r["step"], r["m0"]) for r in logs]
+    t4 = time.perf_counter()
     return {
         "setup_s": 0.0,
-        "timings": (t0, t1, t2, t3),
+        "timings": (t0, t1, t2, t3, t4),
         "costs": costs,
         "pairs": pairs,
         "notes": (
             f"trackio local (TRACKIO_DIR={data}), defaults: log() queues the row, a "
             "background thread batches rows into the project's SQLite file (WAL, "
-            "synchronous=NORMAL), finish() joins that thread. "
+            "synchronous=NORMAL: the WAL is fsynced at checkpoints only), finish() joins "
+            "that thread. "
             "Read back: trackio.sqlite_storage.SQLiteStorage.get_logs."
         ),
     }
@@ -145,16 +150,19 @@ def run_mlflow(steps: int, workdir: Path) -> dict[str, Any]:
 
     history = MlflowClient().get_metric_history(run.info.run_id, "m0")
     pairs = [(m.step, m.value) for m in history]
+    t4 = time.perf_counter()
     return {
         "setup_s": t0 - s0,
-        "timings": (t0, t1, t2, t3),
+        "timings": (t0, t1, t2, t3, t4),
         "costs": costs,
         "pairs": pairs,
         "notes": (
             "mlflow: synchronous logging, the default (MLFLOW_ENABLE_ASYNC_LOGGING off): "
             "each log_metrics() is one committed transaction on the SQLite tracking store "
-            "(SQLite's default rollback journal, synchronous=FULL). Schema creation on the "
-            "fresh file done before the clock (setup_s). "
+            "(SQLite's default rollback journal, synchronous=FULL: about 9 fdatasync per "
+            "call under strace). Schema creation on the fresh file done before the clock "
+            "(setup_s). At ~6 ms a call the harness may give MLflow a smaller S than the "
+            "others (bench.peers.DEFAULT_STEPS): compare per-step figures, not totals. "
             "Read back: MlflowClient().get_metric_history(run_id, 'm0')."
         ),
     }
@@ -183,7 +191,7 @@ def check_read_back(tool: str, steps: int, pairs: list[tuple[int, float]]) -> No
 
 
 def summarize(tool: str, steps: int, res: dict[str, Any]) -> dict[str, Any]:
-    t0, t1, t2, t3 = res["timings"]
+    t0, t1, t2, t3, t4 = res["timings"]
     costs = sorted(res["costs"])
     elapsed = t3 - t0
     return {
@@ -200,6 +208,7 @@ def summarize(tool: str, steps: int, res: dict[str, Any]) -> dict[str, Any]:
         "init_s": t1 - t0,
         "log_loop_s": t2 - t1,
         "finish_s": t3 - t2,
+        "read_back_s": t4 - t3,
         "python": sys.version.split()[0],
         "notes": res["notes"],
     }
