@@ -162,6 +162,13 @@ def targets(m: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
         lambda v: v <= 150,
         "{:.0f} MiB",
     )
+    add(
+        "  of which heap (anon)",
+        w16 and w16["daemon_anon_mib"],
+        "<= 150 MiB",
+        lambda v: v <= 150,
+        "{:.0f} MiB",
+    )
     return out
 
 
@@ -181,7 +188,8 @@ def table(m: dict[str, Any]) -> str:
     for kind in ("writers", "ceiling"):
         for k, v in sorted((k, v) for k, v in m.items() if k.startswith(kind + "/")):
             extra = (
-                f"  daemon RSS {v['daemon_rss_mib']:.0f} MiB, client RSS {v['client_rss_mib_max']:.0f} MiB"
+                f"  daemon RSS {v['daemon_rss_mib']:.0f} MiB (heap {v['daemon_anon_mib']:.0f},"
+                f" LMDB map {v['daemon_mmap_mib']:.0f}), client RSS {v['client_rss_mib_max']:.0f} MiB"
                 if kind == "writers"
                 else ""
             )

@@ -11,6 +11,7 @@ import multiprocessing as mp
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,43 @@ def rss_peak_mib(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def rss_parts_mib(pid: int) -> tuple[float, float]:
+    """(anonymous, file-backed) resident memory of a process now, in MiB.
+
+    The daemon's file-backed part is LMDB's memory map: page cache the kernel
+    can drop, not heap the daemon holds.
+    """
+    fields = dict(
+        line.split(":", 1)
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+        if ":" in line
+    )
+    return int(fields["RssAnon"].split()[0]) / 1024, int(fields["RssFile"].split()[0]) / 1024
+
+
+class Sampler:
+    """Polls a process's memory while a scenario runs; keeps the peaks."""
+
+    def __init__(self, pid: int, every: float = 0.05) -> None:
+        self.pid, self.every = pid, every
+        self.anon = self.file = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            try:
+                anon, file = rss_parts_mib(self.pid)
+            except (OSError, KeyError):
+                return
+            self.anon, self.file = max(self.anon, anon), max(self.file, file)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def daemon(workdir: Path) -> DaemonProcess:
@@ -60,13 +98,12 @@ def single_writer(workdir: Path, steps: int) -> dict[str, Any]:
 
 
 def _writer(socket: str, steps: int, barrier: Any, results: Any) -> None:
-    make = row_maker()
-    rows = [make(i) for i in range(steps)]
+    make = row_maker()  # rows made on the fly: client RSS is the library's, not a row list's
     run = stepline.init(project="bench", socket=socket)
     barrier.wait()
     t0 = time.perf_counter()
     for i in range(steps):
-        run.log(rows[i], step=i)
+        run.log(make(i), step=i)
     run.finish(timeout=600)
     t1 = time.perf_counter()
     results.put((t0, t1, rss_peak_mib(mp.current_process().pid or 0)))
@@ -81,12 +118,14 @@ def writers(workdir: Path, n: int, total_rows: int) -> dict[str, Any]:
     procs = [
         ctx.Process(target=_writer, args=(str(d.socket), per, barrier, results)) for _ in range(n)
     ]
+    sampler = Sampler(d.pid)
     try:
         for p in procs:
             p.start()
         got = [results.get(timeout=600) for _ in procs]
         for p in procs:
             p.join(60)
+        sampler.stop()
         daemon_rss = rss_peak_mib(d.pid)
     finally:
         for p in procs:
@@ -99,6 +138,8 @@ def writers(workdir: Path, n: int, total_rows: int) -> dict[str, Any]:
         "rows": per * n,
         "rows_per_s": per * n / (end - start),
         "daemon_rss_mib": daemon_rss,
+        "daemon_anon_mib": sampler.anon,
+        "daemon_mmap_mib": sampler.file,
         "client_rss_mib_max": max(g[2] for g in got),
     }
 

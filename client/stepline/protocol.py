@@ -177,6 +177,7 @@ class Decoder:
         self._pos = 0
         self._max = max_frame_size
         self._broken: ProtocolError | None = None
+        self.last_size = 0  # bytes of the frame next_message() returned last
 
     def feed(self, data: bytes) -> None:
         self._buf += data
@@ -205,6 +206,7 @@ class Decoder:
         start = self._pos + HEADER_SIZE
         payload = bytes(self._buf[start : start + length])
         self._pos = start + length
+        self.last_size = HEADER_SIZE + length
         try:
             return _unpack(payload)
         except ProtocolError as exc:

@@ -33,9 +33,10 @@ from stepline.errors import RETRYABLE, DaemonUnavailable, Error, Timeout, from_r
 
 log = logging.getLogger("stepline")
 
-# Cut a run's queued rows into frames of at most this many bytes, far below the
-# protocol maximum so one frame never dominates a daemon commit.
-BATCH_BYTES = 1024 * 1024
+# Cut a run's queued rows into frames of about this many bytes: far below the
+# protocol maximum, and small against the daemon's queue bound, which decides
+# how much decoded data it holds per connection.
+BATCH_BYTES = 256 * 1024
 # While waiting for acks, how long the thread may sleep before looking at the
 # outbox again (new rows never wake it mid-wait; this bounds their delay).
 ACK_POLL = 0.05

@@ -66,6 +66,8 @@ class Hub:
         self.reads = ThreadPoolExecutor(settings.read_threads, thread_name_prefix="stepline-read")
         self.connections: set[Connection] = set()
         self.stopping = False
+        self.queued_bytes = 0
+        self.paused: set[Connection] = set()
 
     def _post(self, results: list[tuple[Callable[[dict[str, Any]], None], dict[str, Any]]]) -> None:
         # Called on the writer thread: hand the replies to the loop in one hop.
@@ -79,6 +81,28 @@ class Hub:
         if isinstance(result, queries.Prebuilt):
             return result.frame(msg.get("rid"))
         return result
+
+    def admit(self, conn: Connection, cost: int) -> None:
+        """Count a queued write; past the bound, stop reading from its sender.
+
+        Backpressure, not buffering: a paused client's socket fills and its
+        sender waits, holding its rows itself.
+        """
+        self.queued_bytes += cost
+        if self.queued_bytes > self.settings.max_queued_bytes:
+            conn.pause()
+            self.paused.add(conn)
+
+    def release(self, cost: int) -> None:
+        self.queued_bytes -= cost
+        if (
+            self.paused
+            and self.queued_bytes <= self.settings.max_queued_bytes // 2
+            and not self.stopping
+        ):
+            waiting, self.paused = self.paused, set()
+            for conn in waiting:
+                conn.resume()  # may pause itself (and others) again right away
 
     def protocol_factory(self) -> Connection:
         return Connection(self)
@@ -105,7 +129,6 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.client: str | None = None
         self.owned: set[int] = set()
-        self.inflight = 0
         self.paused = False
         self.closed = False
         self.lost: asyncio.Future[None] = hub.loop.create_future()
@@ -120,6 +143,7 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.hub.connections.discard(self)
+        self.hub.paused.discard(self)
         if not self.lost.done():
             self.lost.set_result(None)
         reconnected = any(c.client == self.client for c in self.hub.connections)
@@ -131,7 +155,12 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.decoder.feed(data)
-        while True:
+        self._drain()
+
+    def _drain(self) -> None:
+        # A paused connection keeps its undecoded bytes: frames are decoded (and
+        # grow several-fold in memory) only when the writer can take them.
+        while not self.paused and not self.closed:
             try:
                 msg = self.decoder.next_message()
             except ProtocolError as exc:
@@ -182,7 +211,8 @@ class Connection(asyncio.Protocol):
         elif op in SEQ_OPS or op == "init":
             if self.client is None:
                 raise RequestError(f"{op}: send hello first")
-            req = WriteRequest(op, msg, self.client, self._on_write_reply)
+            cost = self.decoder.last_size
+            req = WriteRequest(op, msg, self.client, lambda r: self._on_write_reply(r, cost))
             if op in SEQ_OPS:
                 for k in ("run", "seq"):
                     if type(msg.get(k)) is not int or not 0 <= msg[k] < 1 << 64:
@@ -193,26 +223,27 @@ class Connection(asyncio.Protocol):
                     except RequestError as exc:
                         # Still goes through the writer, which records the seq in order.
                         req.refusal = exc
-            self._write(req)
+            self._write(req, cost)
         else:
             raise ProtocolError("unknown_op", f"unknown op {op!r}")
 
-    def _write(self, req: WriteRequest) -> None:
-        self.inflight += 1
-        if self.inflight >= self.hub.settings.max_inflight and not self.paused:
-            # Backpressure: the client waits for acks instead of us buffering.
-            assert self.transport is not None
-            self.transport.pause_reading()
-            self.paused = True
+    def _write(self, req: WriteRequest, cost: int) -> None:
+        self.hub.admit(self, cost)
         self.hub.writer.submit(req)
 
-    def _on_write_reply(self, reply: dict[str, Any]) -> None:
-        self.inflight -= 1
-        low = self.inflight < self.hub.settings.max_inflight // 2
-        if self.paused and low and not self.closed and not self.hub.stopping:
-            assert self.transport is not None
+    def pause(self) -> None:
+        if not self.paused and not self.closed and self.transport is not None:
+            self.transport.pause_reading()
+            self.paused = True
+
+    def resume(self) -> None:
+        if self.paused and not self.closed and self.transport is not None:
             self.transport.resume_reading()
-            self.paused = False
+        self.paused = False
+        self._drain()
+
+    def _on_write_reply(self, reply: dict[str, Any], cost: int) -> None:
+        self.hub.release(cost)
         # The runs this connection writes to are the ones it leaves crashed if it
         # vanishes, including runs it took over after reconnecting.
         if reply.get("op") == "ack":

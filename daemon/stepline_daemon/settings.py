@@ -28,8 +28,10 @@ class Settings:
     # Most requests one write transaction takes; bounds the latency a commit adds.
     max_group: int = 1024
     read_threads: int = 4
-    # Unacknowledged write requests per connection before we stop reading it.
-    max_inflight: int = 256
+    # Frame bytes queued for the writer, all connections together, before the
+    # daemon stops reading from the ones sending more. Decoded rows take several
+    # times their frame size in memory, so this bounds the daemon's RSS.
+    max_queued_bytes: int = 2 * 1024 * 1024
     # How long SIGTERM waits for queued writes to commit before giving up.
     drain_timeout: float = 30.0
     socket_mode: int = 0o600
