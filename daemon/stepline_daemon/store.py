@@ -53,8 +53,8 @@ from stepline_daemon.states import WRITABLE, Event, State, can, transition
 
 SCHEMA_VERSION = 1
 # Small enough that a fork's bounded scan is well under a millisecond; a snapshot
-# every 256 rows costs about a byte per row.
-SNAPSHOT_EVERY = 256
+# every 64 rows costs a few bytes per row.
+SNAPSHOT_EVERY = 64
 
 _U64 = struct.Struct(">Q")
 # For splicing ``_step`` into stored rows: a fixmap header one entry larger, and
