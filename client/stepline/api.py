@@ -158,13 +158,11 @@ class ApiRun:
             "include_parent": include_parent,
         }
         with self._api._reader() as chan:
-            rid = chan.start(self._msg("scan", min_step=min_step, **params))
+            # One streamed request: the daemon reads the next page while this
+            # one is handed out.
+            rid = chan.start(self._msg("scan", min_step=min_step, stream=True, **params))
             while True:
                 page = chan.result(rid, self._api._timeout)
-                if page["next"] is not None:
-                    # Ask for the next page now, so the daemon reads it while we
-                    # hand out this one.
-                    rid = chan.start(self._msg("scan", min_step=page["next"], **params))
                 yield from page["rows"]
                 if page["next"] is None:
                     return

@@ -31,6 +31,7 @@ class Prebuilt:
     """A reply whose frame the read thread builds itself, given the request id."""
 
     frame: Callable[[Any], bytes]
+    next_step: int | None = None  # for scans: where the next page starts
 
     def decoded(self) -> Any:
         """The result as a client would decode it (for in-process callers and tests)."""
@@ -116,7 +117,7 @@ def scan(store: Store, txn: lmdb.Transaction, msg: dict[str, Any]) -> Any:
     if keys is None:
         # Whole rows: spliced into the reply as stored, never decoded here.
         parts, count, nxt = store.scan_parts(txn, segs, min_step, max_step, limit, MAX_PAGE_BYTES)
-        return Prebuilt(lambda rid: protocol.encode_rows_result(rid, parts, count, nxt))
+        return Prebuilt(lambda rid: protocol.encode_rows_result(rid, parts, count, nxt), nxt)
     rows: list[dict[str, Any]] = []
     next_step = None
     size = 0

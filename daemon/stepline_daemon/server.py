@@ -104,6 +104,15 @@ class Hub:
             for conn in waiting:
                 conn.resume()  # may pause itself (and others) again right away
 
+    def read_page(self, msg: dict[str, Any]) -> tuple[bytes, int | None]:
+        """One scan page, framed, and where the next starts. On a read-pool thread."""
+        with self.gate.shared(), self.store.env.begin() as txn:
+            result = queries.scan(self.store, txn, msg)
+        rid = msg.get("rid")
+        if isinstance(result, queries.Prebuilt):
+            return result.frame(rid), result.next_step
+        return protocol.encode({"op": "ok", "rid": rid, "result": result}), result["next"]
+
     def protocol_factory(self) -> Connection:
         return Connection(self)
 
@@ -132,8 +141,42 @@ class Connection(asyncio.Protocol):
         self.paused = False
         self.closed = False
         self.lost: asyncio.Future[None] = hub.loop.create_future()
+        self.can_write = asyncio.Event()
+        self.can_write.set()
 
     # ------------------------------------------------------------ transport
+
+    def pause_writing(self) -> None:
+        self.can_write.clear()
+
+    def resume_writing(self) -> None:
+        self.can_write.set()
+
+    async def _stream(self, msg: dict[str, Any]) -> None:
+        """A whole scan as consecutive page replies with one rid.
+
+        The next page is read while the client takes in this one; the transport's
+        write buffer is the flow control, so a slow reader holds at most about a
+        page here.
+        """
+        page = dict(msg)
+        try:
+            while not self.closed:
+                frame, nxt = await self.hub.loop.run_in_executor(
+                    self.hub.reads, self.hub.read_page, page
+                )
+                self.write_frame(frame)
+                if nxt is None:
+                    return
+                page["min_step"] = nxt
+                await self.can_write.wait()
+        except Error as exc:
+            self.send(error_reply(exc, msg))
+        except Exception as exc:
+            log.error("scan stream failed", exc_info=exc)
+            self.send(
+                {"op": "error", "code": "internal", "message": str(exc), "rid": msg.get("rid")}
+            )
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
@@ -146,6 +189,7 @@ class Connection(asyncio.Protocol):
         self.hub.paused.discard(self)
         if not self.lost.done():
             self.lost.set_result(None)
+        self.can_write.set()  # ends a scan stream waiting to write
         reconnected = any(c.client == self.client for c in self.hub.connections)
         if self.client is not None and not self.hub.stopping and not reconnected:
             for run_no in self.owned:
@@ -206,6 +250,8 @@ class Connection(asyncio.Protocol):
                 raise RequestError(f"hello: client must be a 1-{_MAX_CLIENT_ID} character string")
             self.client = client
             self.send({"op": "welcome", "version": protocol.PROTOCOL_VERSION, "server": "stepline"})
+        elif op == "scan" and msg.get("stream"):
+            self.hub.loop.create_task(self._stream(msg))
         elif op in queries.READS:
             self._read(op, msg)
         elif op in SEQ_OPS or op == "init":

@@ -542,3 +542,19 @@ def test_raw_msgpack_rows_are_what_the_client_sent(daemon: Daemon) -> None:
     frame = protocol.encode_log(7, 1, [protocol.pack_row(3, {"x": 1.5})], 1)
     msg = msgpack.unpackb(frame[4:], raw=False)
     assert msg == {"op": "log", "run": 7, "seq": 1, "rows": [[3, {"x": 1.5}]]}
+
+
+def test_streamed_scan_pages_and_early_stop(daemon: Daemon) -> None:
+    run = init(daemon, id="pages")
+    log_range(run, range(5000), val)
+    run.finish()
+    r = api(daemon).run(f"{P}/pages")
+    for page_size in (1, 7, 1000, 100_000):
+        rows = list(r.scan_history(page_size=page_size, min_step=10, max_step=4990))
+        assert [x["_step"] for x in rows] == list(range(10, 4990))
+    it = r.scan_history(page_size=10)
+    assert [next(it)["_step"] for _ in range(25)] == list(range(25))
+    it.close()  # the reader's connection closes mid-stream; the daemon carries on
+    assert r.history(samples=3, pandas=False)[-1]["_step"] == 4999
+    with pytest.raises(stepline.RequestError, match="limit"):
+        list(r.scan_history(page_size=0))
