@@ -145,6 +145,18 @@ def column_chunks(
     that would be a Python step per value becomes a few C-level passes per column.
     """
     i, n = 0, len(rows)
+    if n > 1 and len(rows[0]) > 1:
+        # The usual case, checked in C: every row has the first row's keys and no
+        # other (same length, and the getter finds them all).
+        names = list(rows[0])
+        if len(set(map(len, rows))) == 1:
+            try:
+                tuples = list(map(itemgetter(*names), rows))
+            except (KeyError, TypeError):
+                pass
+            else:
+                yield 0, names, zip(*tuples, strict=True)
+                return
     while i < n:
         keys = rows[i].keys()
         j = i + 1

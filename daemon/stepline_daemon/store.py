@@ -594,10 +594,10 @@ class Store:
                 f"step {first} is not after run {rec['id']!r}'s last step {rec['last_step']}; "
                 "the batch is refused whole"
             )
-        put, pack, hist = txn.put, self._pack_row, self.history
-        key = _U64x2.pack
-        for step, values in rows:
-            put(key(run_no, step), pack(values), db=hist)
+        pack, key, put = self._pack_row, _U64x2.pack, txn.put
+        txn.cursor(db=self.history).putmulti(
+            [(key(run_no, step), pack(values)) for step, values in rows]
+        )
         # Summary stats, in pieces that end where a snapshot is due.
         stats, every, done = rec["stats"], self.snapshot_every, rec["rows"]
         i = 0

@@ -68,11 +68,14 @@ def update_batch(stats: Stats, rows: Sequence[Mapping[str, Any]]) -> None:
 
 
 def _update_column(stats: Stats, key: str, col: Sequence[Any]) -> None:
-    if not (_NUMBERS.issuperset(map(type, col)) and all(map(math.isfinite, col))):
+    # A finite sum means every value is finite (a NaN or an infinity would
+    # propagate), so one pass checks and sums; overflow just takes the slow path.
+    total = float(sum(col)) if _NUMBERS.issuperset(map(type, col)) else math.nan
+    if not math.isfinite(total):
         for value in col:
             _update_value(stats, key, value)
         return
-    lo, hi, total = min(col), max(col), float(sum(col))
+    lo, hi = min(col), max(col)
     s = stats.get(key)
     if s is None:
         stats[key] = [col[0], col[-1], lo, hi, total, len(col)]
