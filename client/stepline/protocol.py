@@ -79,9 +79,31 @@ def _array_header(n: int) -> bytes:
 
 
 def pack_row(step: int, values: dict[str, Any]) -> bytes:
-    """One history row, packed once on the caller's thread and never re-encoded."""
-    out: bytes = msgpack.packb((step, values), use_bin_type=True)
-    return out
+    """One history row as sent: ``[step, <msgpack bytes of the values map>]``."""
+    return row_from_packed(step, msgpack.packb(values, use_bin_type=True))
+
+
+def row_from_packed(step: int, packed_map: bytes) -> bytes:
+    """A row from a values map already packed on the caller's thread.
+
+    The map travels as msgpack ``bin``: the daemon decodes it to validate it,
+    then stores these very bytes, never re-encoding them.
+    """
+    n = len(packed_map)
+    if n < 1 << 8:
+        head = b"\xc4" + bytes((n,))
+    elif n < 1 << 16:
+        head = b"\xc5" + n.to_bytes(2, "big")
+    else:
+        head = b"\xc6" + n.to_bytes(4, "big")
+    return b"\x92" + _uint(step) + head + packed_map
+
+
+def decode_row(row: Any) -> Any:
+    """``[step, values]`` with the values map decoded if it came as bytes."""
+    if isinstance(row, list) and len(row) == 2 and isinstance(row[1], bytes):
+        return [row[0], msgpack.unpackb(row[1], raw=False, strict_map_key=False)]
+    return row
 
 
 def encode_log(run: int, seq: int, packed_rows: Iterable[bytes], count: int) -> bytes:

@@ -167,13 +167,13 @@ class Run:
         # Packed here, once, on the caller's thread (under the run's lock, so one
         # Packer per run is safe): the sender thread then only splices bytes and
         # never holds the GIL long against the training loop.
-        packed = self._pack((step, row))
+        packed = self._pack(row)
         if len(packed) > MAX_ROW_BYTES:
             raise ValueError(
                 f"log(): the row at step {step} is {len(packed)} bytes, over the {MAX_ROW_BYTES}-byte "
                 "limit; it is dropped and the step is not used"
             )
-        self._sender.add_row(self._run_no, packed)
+        self._sender.add_row(self._run_no, protocol.row_from_packed(step, packed))
 
     @property
     def _sender(self) -> Sender:

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
+import msgpack
+
 from stepline import protocol
 from stepline.errors import Error, ProtocolError, RequestError, StepOrderError
 from stepline.rows import STEP_MAX, check_rows, check_step
@@ -28,7 +30,7 @@ log = logging.getLogger("stepline.server")
 _MAX_CLIENT_ID = 64
 
 
-def _check_rows(raw: Any) -> list[Row]:
+def _check_rows(raw: Any) -> tuple[list[Row], list[bytes] | None]:
     """Shape, types and order of a ``log`` batch; raises naming the first bad row."""
     if not isinstance(raw, list) or not raw:
         raise RequestError("log: rows must be a non-empty list of [step, {key: value}]")
@@ -48,10 +50,37 @@ def _check_rows(raw: Any) -> list[Row]:
             )
         prev = step
         rows.append((step, item[1]))
-    bad = check_rows([values for _, values in rows])
+    values, packed = _decode_values([v for _, v in rows])
+    bad = check_rows(values)
     if bad is not None:
         raise RequestError(f"log: row {bad[0]}: {bad[1]}; the batch is refused whole")
-    return rows
+    return [(step, v) for (step, _), v in zip(rows, values, strict=True)], packed
+
+
+_BYTES = frozenset({bytes})
+
+
+def _decode_values(raw: list[Any]) -> tuple[list[Any], list[bytes] | None]:
+    """Row values as maps, plus the bytes to store when every row came packed.
+
+    Rows normally arrive as msgpack bytes (``protocol.row_from_packed``): they are
+    decoded here only to be checked, and stored exactly as received. A raw client
+    may send plain maps instead; those are re-packed by the store.
+    """
+    if _BYTES.issuperset(map(type, raw)):
+        try:
+            return list(map(msgpack.unpackb, raw)), raw
+        except Exception:
+            pass
+    values = []
+    for i, v in enumerate(raw):
+        if type(v) is bytes:
+            try:
+                v = msgpack.unpackb(v, raw=False, strict_map_key=False)
+            except Exception as exc:
+                raise RequestError(f"log: row {i}: values are not one msgpack map: {exc}") from None
+        values.append(v)
+    return values, raw if _BYTES.issuperset(map(type, raw)) else None
 
 
 class Hub:
@@ -265,7 +294,7 @@ class Connection(asyncio.Protocol):
                         raise RequestError(f"{op}: {k} must be a non-negative 64-bit integer")
                 if op == "log":
                     try:
-                        req.rows = _check_rows(msg.get("rows"))
+                        req.rows, req.packed = _check_rows(msg.get("rows"))
                     except RequestError as exc:
                         # Still goes through the writer, which records the seq in order.
                         req.refusal = exc

@@ -584,9 +584,19 @@ class Store:
         return client.encode() + b"\0" + _U64.pack(run_no)
 
     def append(
-        self, txn: lmdb.Transaction, run_no: int, rows: list[Row], client: str, seq: int
+        self,
+        txn: lmdb.Transaction,
+        run_no: int,
+        rows: list[Row],
+        client: str,
+        seq: int,
+        packed: list[bytes] | None = None,
     ) -> None:
-        """Store one batch of rows whose shape and order the caller already checked."""
+        """Store one batch of rows whose shape and order the caller already checked.
+
+        ``packed``, when given, holds each row's values exactly as the client
+        packed them (already checked to decode to ``rows``): stored as they are.
+        """
         rec = self._writable(txn, run_no, client)
         first = rows[0][0] if rows else None
         if first is not None and first <= rec["last_step"]:
@@ -594,9 +604,11 @@ class Store:
                 f"step {first} is not after run {rec['id']!r}'s last step {rec['last_step']}; "
                 "the batch is refused whole"
             )
-        pack, key, put = self._pack_row, _U64x2.pack, txn.put
+        key, put = _U64x2.pack, txn.put
+        if packed is None:
+            packed = list(map(self._pack_row, [values for _, values in rows]))
         txn.cursor(db=self.history).putmulti(
-            [(key(run_no, step), pack(values)) for step, values in rows]
+            [(key(run_no, step), blob) for (step, _), blob in zip(rows, packed, strict=True)]
         )
         # Summary stats, in pieces that end where a snapshot is due.
         stats, every, done = rec["stats"], self.snapshot_every, rec["rows"]

@@ -38,6 +38,7 @@ class WriteRequest:
     client: str
     reply: ReplyFn | None
     rows: list[Row] = field(default_factory=list)
+    packed: list[bytes] | None = None  # the rows' values as received, to store as is
     # Refused on the loop already; the writer still records its seq, in order.
     refusal: RequestError | None = None
 
@@ -196,7 +197,7 @@ class Writer:
                 if req.refusal is not None:
                     raise req.refusal
                 if req.op == "log":
-                    store.append(txn, run, req.rows, req.client, seq)
+                    store.append(txn, run, req.rows, req.client, seq, req.packed)
                 else:
                     store.update_run(txn, req.op, msg, req.client, seq)
             except RequestError:

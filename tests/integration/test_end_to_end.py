@@ -541,7 +541,8 @@ def test_raw_msgpack_rows_are_what_the_client_sent(daemon: Daemon) -> None:
     # The client splices pre-packed rows into the frame; the daemon must see them intact.
     frame = protocol.encode_log(7, 1, [protocol.pack_row(3, {"x": 1.5})], 1)
     msg = msgpack.unpackb(frame[4:], raw=False)
-    assert msg == {"op": "log", "run": 7, "seq": 1, "rows": [[3, {"x": 1.5}]]}
+    assert msg["rows"] == [[3, msgpack.packb({"x": 1.5})]]
+    assert protocol.decode_row(msg["rows"][0]) == [3, {"x": 1.5}]
 
 
 def test_streamed_scan_pages_and_early_stop(daemon: Daemon) -> None:
@@ -558,3 +559,32 @@ def test_streamed_scan_pages_and_early_stop(daemon: Daemon) -> None:
     assert r.history(samples=3, pandas=False)[-1]["_step"] == 4999
     with pytest.raises(stepline.RequestError, match="limit"):
         list(r.scan_history(page_size=0))
+
+
+def test_packed_row_values_are_checked_then_stored_as_sent(daemon: Daemon) -> None:
+    run = init(daemon, id="packed")
+    run.log({"a": 0})
+    run.flush()
+    s = _raw(daemon)
+    s.sendall(protocol.encode({"op": "hello", "client": "packer"}))
+    assert _replies(s, 1)[0]["op"] == "welcome"
+    bad = {
+        "not_a_map": b"\x05",
+        "trailing": msgpack.packb({"a": 1}) + b"\x00",
+        "int_key": msgpack.packb({1: 2}),
+        "list_value": msgpack.packb({"a": [1]}),
+        "garbage": b"\xc1",
+    }
+    for seq, (name, blob) in enumerate(bad.items(), start=1):
+        msg = {"op": "log", "run": run._run_no, "seq": seq, "rid": name, "rows": [[5, blob]]}
+        s.sendall(protocol.encode(msg))
+    replies = {r["rid"]: r for r in _replies(s, len(bad))}
+    assert {n: r["code"] for n, r in replies.items()} == dict.fromkeys(bad, "bad_request")
+    assert "key 1" in replies["int_key"]["message"]
+    good = protocol.pack_row(6, {"a": 6.5, "s": "x"})
+    s.sendall(protocol.encode_log(run._run_no, len(bad) + 1, [good], 1))
+    assert _replies(s, 1)[0]["op"] == "ack"
+    s.close()
+    run.finish()
+    rows = list(api(daemon).run(f"{P}/packed").scan_history())
+    assert metrics(rows) == [{"_step": 0, "a": 0}, {"_step": 6, "a": 6.5, "s": "x"}]

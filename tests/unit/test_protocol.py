@@ -133,6 +133,13 @@ def test_same_helper_is_not_vacuous() -> None:
     assert not same({"a": 1}, {"b": 1})
 
 
+def norm(msg: Message) -> Message:
+    """A decoded message with log rows' packed values decoded (``protocol.decode_row``)."""
+    if msg.get("op") == "log" and isinstance(msg.get("rows"), list):
+        return {**msg, "rows": [protocol.decode_row(r) for r in msg["rows"]]}
+    return msg
+
+
 def drain_bytewise(data: bytes) -> list[Message]:
     dec = Decoder()
     out: list[Message] = []
@@ -250,24 +257,26 @@ def test_encode_log_array_header_boundaries(n: int) -> None:
     got = dec.messages()
     assert len(got) == 1
     want = {"op": "log", "run": 5, "seq": 99, "rows": [[s, v] for s, v in rows]}
-    assert got[0] == want
+    assert norm(got[0]) == want
     assert list(got[0]) == ["op", "run", "seq", "rows"]
     assert dec.buffered == 0
     # Independent of Decoder: the payload is exactly one msgpack value.
-    assert msgpack.unpackb(frame[HEADER_SIZE:], raw=False) == want
+    assert norm(msgpack.unpackb(frame[HEADER_SIZE:], raw=False)) == want
 
 
 def test_encode_log_matches_encode_byte_for_byte() -> None:
     rows = [(0, {"a": 1.0}), (1, {"b": "s", "c": None}), (7, {"d": True})]
     spliced = encode_log(2, 3, [pack_row(s, v) for s, v in rows], len(rows))
-    plain = encode({"op": "log", "run": 2, "seq": 3, "rows": [[s, v] for s, v in rows]})
+    plain = encode(
+        {"op": "log", "run": 2, "seq": 3, "rows": [[s, msgpack.packb(v)] for s, v in rows]}
+    )
     assert spliced == plain
 
 
 def test_encode_log_with_big_run_and_seq() -> None:
     run, seq = 2**64 - 1, 2**63
     frame = encode_log(run, seq, [pack_row(2**63 - 1, {"v": -(2**63)})], 1)
-    assert drain_bytewise(frame) == [
+    assert [norm(m) for m in drain_bytewise(frame)] == [
         {"op": "log", "run": run, "seq": seq, "rows": [[2**63 - 1, {"v": -(2**63)}]]}
     ]
 
@@ -275,7 +284,7 @@ def test_encode_log_with_big_run_and_seq() -> None:
 def test_encode_log_fed_byte_by_byte_with_next_frame() -> None:
     rows = _tiny_rows(20)
     frame = encode_log(1, 2, [pack_row(s, v) for s, v in rows], 20)
-    got = drain_bytewise(frame + encode(MESSAGES["ack"]))
+    got = [norm(m) for m in drain_bytewise(frame + encode(MESSAGES["ack"]))]
     assert got == [
         {"op": "log", "run": 1, "seq": 2, "rows": [[s, v] for s, v in rows]},
         MESSAGES["ack"],
@@ -300,7 +309,7 @@ def test_special_floats_round_trip_exactly(value: float) -> None:
     for v in (got["summary"]["v"], got["summary"]["l"][0]):
         assert type(v) is float
         assert struct.pack(">d", v) == bits
-    (logged,) = drain_bytewise(encode_log(1, 1, [pack_row(3, {"v": value})], 1))
+    (logged,) = map(norm, drain_bytewise(encode_log(1, 1, [pack_row(3, {"v": value})], 1)))
     assert struct.pack(">d", logged["rows"][0][1]["v"]) == bits
 
 
@@ -518,7 +527,8 @@ def test_random_messages_random_chunks(msgs: list[Message], data: st.DataObject)
 def test_encode_log_property(rows: list[tuple[int, dict[str, Any]]], run: int, seq: int) -> None:
     frame = encode_log(run, seq, [pack_row(s, v) for s, v in rows], len(rows))
     (got,) = drain_bytewise(frame)
-    assert same(got, {"op": "log", "run": run, "seq": seq, "rows": [[s, v] for s, v in rows]})
+    want = {"op": "log", "run": run, "seq": seq, "rows": [[s, v] for s, v in rows]}
+    assert same(norm(got), want)
 
 
 # ------------------------------------------------ prebuilt scan replies (daemon side)
