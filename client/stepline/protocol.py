@@ -8,7 +8,8 @@ at a time, which is where framing bugs hide.
 Messages (client -> daemon):
     hello    {client, version}
     init     {rid, project, id?, name?, config?, fork_from?, resume_from?, resume?}
-    log      {run, seq, rows: [[step, {key: value}], ...]}
+    log      {run, seq, steps: [step, ...], values: [<packed {key: value}>, ...]}
+             (or, from raw clients, rows: [[step, {key: value} or its bytes], ...])
     config   {run, seq, config}            merged into the run's config
     summary  {run, seq, summary}           explicit summary values (they win)
     metric   {run, seq, name, summary}     define_metric
@@ -28,7 +29,6 @@ Messages (daemon -> client):
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
 from typing import Any
 
 import msgpack
@@ -78,25 +78,14 @@ def _array_header(n: int) -> bytes:
     return b"\xdd" + n.to_bytes(4, "big")
 
 
-def pack_row(step: int, values: dict[str, Any]) -> bytes:
-    """One history row as sent: ``[step, <msgpack bytes of the values map>]``."""
-    return row_from_packed(step, msgpack.packb(values, use_bin_type=True))
-
-
-def row_from_packed(step: int, packed_map: bytes) -> bytes:
-    """A row from a values map already packed on the caller's thread.
-
-    The map travels as msgpack ``bin``: the daemon decodes it to validate it,
-    then stores these very bytes, never re-encoding them.
-    """
-    n = len(packed_map)
-    if n < 1 << 8:
-        head = b"\xc4" + bytes((n,))
-    elif n < 1 << 16:
-        head = b"\xc5" + n.to_bytes(2, "big")
-    else:
-        head = b"\xc6" + n.to_bytes(4, "big")
-    return b"\x92" + _uint(step) + head + packed_map
+def log_rows(msg: Message) -> list[list[Any]]:
+    """The ``[step, values]`` rows of a decoded ``log`` message, values decoded."""
+    if "steps" in msg:
+        return [
+            [step, msgpack.unpackb(v, raw=False, strict_map_key=False)]
+            for step, v in zip(msg["steps"], msg["values"], strict=True)
+        ]
+    return [decode_row(r) for r in msg["rows"]]
 
 
 def decode_row(row: Any) -> Any:
@@ -106,22 +95,14 @@ def decode_row(row: Any) -> Any:
     return row
 
 
-def encode_log(run: int, seq: int, packed_rows: Iterable[bytes], count: int) -> bytes:
-    """A ``log`` frame assembled from rows already packed with :func:`pack_row`.
+def encode_log(run: int, seq: int, steps: list[int], values: list[bytes]) -> bytes:
+    """A ``log`` frame: ``steps`` and, for each, its values map packed on the
+    caller's thread (``msgpack.packb(values)``).
 
-    Splicing bytes avoids decoding and re-encoding every row in the sender thread,
-    which would hold the GIL against the training loop.
+    Columns, not rows: the sender frames a whole batch in one C call, holding
+    the GIL only briefly, and the daemon checks all steps in a few C passes.
     """
-    head: bytes = msgpack.packb({"op": "log", "run": run, "seq": seq}, use_bin_type=True)
-    # A fixmap header encodes its size in the low nibble; add one entry for rows.
-    assert head[0] & 0xF0 == 0x80
-    parts = [bytes((head[0] + 1,)), head[1:], b"\xa4rows", _array_header(count), *packed_rows]
-    payload = b"".join(parts)
-    if len(payload) > MAX_FRAME_SIZE:
-        raise ProtocolError(
-            "frame_too_large", f"log frame of {len(payload)} bytes exceeds {MAX_FRAME_SIZE}"
-        )
-    return _HEADER.pack(len(payload)) + payload
+    return encode({"op": "log", "run": run, "seq": seq, "steps": steps, "values": values})
 
 
 def _map_header(n: int) -> bytes:

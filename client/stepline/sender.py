@@ -48,7 +48,8 @@ class _Entry:
     run: int
     first: int  # tickets first..ticket are in this entry
     ticket: int
-    rows: list[bytes] | None = None  # a log batch ...
+    steps: list[int] | None = None  # a log batch: steps and packed values ...
+    values: list[bytes] | None = None
     nbytes: int = 0
     op: dict[str, Any] | None = None  # ... or a config/summary/metric/finish update
 
@@ -100,17 +101,18 @@ class Sender:
 
     # ------------------------------------------------- caller-thread side
 
-    def add_row(self, run: int, packed: bytes) -> None:
-        """Queue one packed row. Called on the training thread: no I/O here."""
+    def add_row(self, run: int, step: int, packed: bytes) -> None:
+        """Queue one row (its values already packed). On the training thread: no I/O."""
         with self._lock:
             self._ticket = ticket = self._ticket + 1
             tail = self._tail
             if tail is not None and tail.run == run and tail.nbytes < BATCH_BYTES:
-                tail.rows.append(packed)  # type: ignore[union-attr]
+                tail.steps.append(step)  # type: ignore[union-attr]
+                tail.values.append(packed)  # type: ignore[union-attr]
                 tail.nbytes += len(packed)
                 tail.ticket = ticket
             else:
-                self._tail = _Entry(run, ticket, ticket, [packed], len(packed))
+                self._tail = _Entry(run, ticket, ticket, [step], [packed], len(packed))
                 self._outbox.append(self._tail)
             if self._idle:
                 self._work.notify()
@@ -252,8 +254,9 @@ class Sender:
         """The entry's frame with the run's next seq, or None (error recorded) if unframable."""
         seq = self._seqs[e.run] + 1
         try:
-            if e.rows is not None:
-                frame = protocol.encode_log(e.run, seq, e.rows, len(e.rows))
+            if e.steps is not None:
+                assert e.values is not None
+                frame = protocol.encode_log(e.run, seq, e.steps, e.values)
             else:
                 assert e.op is not None
                 frame = protocol.encode({**e.op, "run": e.run, "seq": seq})

@@ -173,7 +173,7 @@ class Run:
                 f"log(): the row at step {step} is {len(packed)} bytes, over the {MAX_ROW_BYTES}-byte "
                 "limit; it is dropped and the step is not used"
             )
-        self._sender.add_row(self._run_no, protocol.row_from_packed(step, packed))
+        self._sender.add_row(self._run_no, step, packed)
 
     @property
     def _sender(self) -> Sender:

@@ -539,10 +539,10 @@ def test_cli_daemon_entry_point(short_tmp: Path) -> None:
 
 def test_raw_msgpack_rows_are_what_the_client_sent(daemon: Daemon) -> None:
     # The client splices pre-packed rows into the frame; the daemon must see them intact.
-    frame = protocol.encode_log(7, 1, [protocol.pack_row(3, {"x": 1.5})], 1)
+    frame = protocol.encode_log(7, 1, [3], [msgpack.packb({"x": 1.5})])
     msg = msgpack.unpackb(frame[4:], raw=False)
-    assert msg["rows"] == [[3, msgpack.packb({"x": 1.5})]]
-    assert protocol.decode_row(msg["rows"][0]) == [3, {"x": 1.5}]
+    assert msg["steps"] == [3] and msg["values"] == [msgpack.packb({"x": 1.5})]
+    assert protocol.log_rows(msg) == [[3, {"x": 1.5}]]
 
 
 def test_streamed_scan_pages_and_early_stop(daemon: Daemon) -> None:
@@ -581,10 +581,48 @@ def test_packed_row_values_are_checked_then_stored_as_sent(daemon: Daemon) -> No
     replies = {r["rid"]: r for r in _replies(s, len(bad))}
     assert {n: r["code"] for n, r in replies.items()} == dict.fromkeys(bad, "bad_request")
     assert "key 1" in replies["int_key"]["message"]
-    good = protocol.pack_row(6, {"a": 6.5, "s": "x"})
-    s.sendall(protocol.encode_log(run._run_no, len(bad) + 1, [good], 1))
+    good = msgpack.packb({"a": 6.5, "s": "x"})
+    s.sendall(protocol.encode_log(run._run_no, len(bad) + 1, [6], [good]))
     assert _replies(s, 1)[0]["op"] == "ack"
     s.close()
     run.finish()
     rows = list(api(daemon).run(f"{P}/packed").scan_history())
     assert metrics(rows) == [{"_step": 0, "a": 0}, {"_step": 6, "a": 6.5, "s": "x"}]
+
+
+def test_column_batches_with_bad_steps_are_refused_whole(daemon: Daemon) -> None:
+    run = init(daemon, id="columns")
+    run.log({"a": 0})
+    run.flush()
+    s = _raw(daemon)
+    s.sendall(protocol.encode({"op": "hello", "client": "columnist"}))
+    assert _replies(s, 1)[0]["op"] == "welcome"
+    v = msgpack.packb({"a": 1})
+    bad: dict[str, tuple[Any, Any, str]] = {
+        "backwards": ([5, 6, 4], [v, v, v], "step_order"),
+        "repeat": ([5, 5], [v, v], "step_order"),
+        "negative": ([-1], [v], "bad_request"),
+        "bool": ([True], [v], "bad_request"),
+        "float": ([1.5], [v], "bad_request"),
+        "too_big": ([2**63], [v], "bad_request"),
+        "lengths": ([5, 6], [v], "bad_request"),
+        "empty": ([], [], "bad_request"),
+        "not_lists": ("5", v, "bad_request"),
+    }
+    for seq, (name, (steps, values, _)) in enumerate(bad.items(), start=1):
+        msg = {
+            "op": "log",
+            "run": run._run_no,
+            "seq": seq,
+            "rid": name,
+            "steps": steps,
+            "values": values,
+        }
+        s.sendall(protocol.encode(msg))
+    replies = {r["rid"]: r for r in _replies(s, len(bad))}
+    assert {n: r["code"] for n, r in replies.items()} == {n: c for n, (_, _, c) in bad.items()}
+    assert "step 4" in replies["backwards"]["message"]
+    s.close()
+    run.finish()
+    rows = list(api(daemon).run(f"{P}/columns").scan_history())
+    assert metrics(rows) == [{"_step": 0, "a": 0}]

@@ -22,7 +22,6 @@ from stepline.protocol import (
     Message,
     encode,
     encode_log,
-    pack_row,
 )
 
 NAN = float("nan")
@@ -134,10 +133,17 @@ def test_same_helper_is_not_vacuous() -> None:
 
 
 def norm(msg: Message) -> Message:
-    """A decoded message with log rows' packed values decoded (``protocol.decode_row``)."""
-    if msg.get("op") == "log" and isinstance(msg.get("rows"), list):
-        return {**msg, "rows": [protocol.decode_row(r) for r in msg["rows"]]}
+    """A decoded ``log`` message in row form, values decoded (``protocol.log_rows``)."""
+    if msg.get("op") == "log" and "steps" in msg:
+        out = {k: v for k, v in msg.items() if k not in ("steps", "values")}
+        out["rows"] = protocol.log_rows(msg)
+        return out
     return msg
+
+
+def log_frame(run: int, seq: int, rows: list[tuple[int, dict[str, Any]]]) -> bytes:
+    """The frame the client's sender makes for these rows."""
+    return encode_log(run, seq, [s for s, _ in rows], [msgpack.packb(v) for _, v in rows])
 
 
 def drain_bytewise(data: bytes) -> list[Message]:
@@ -251,14 +257,14 @@ def _tiny_rows(n: int) -> list[tuple[int, dict[str, Any]]]:
 @pytest.mark.parametrize("n", [0, 1, 15, 16, 17, 65535, 65536])
 def test_encode_log_array_header_boundaries(n: int) -> None:
     rows = _tiny_rows(n)
-    frame = encode_log(5, 99, [pack_row(s, v) for s, v in rows], n)
+    frame = log_frame(5, 99, rows)
     dec = Decoder()
     dec.feed(frame)
     got = dec.messages()
     assert len(got) == 1
     want = {"op": "log", "run": 5, "seq": 99, "rows": [[s, v] for s, v in rows]}
     assert norm(got[0]) == want
-    assert list(got[0]) == ["op", "run", "seq", "rows"]
+    assert list(got[0]) == ["op", "run", "seq", "steps", "values"]
     assert dec.buffered == 0
     # Independent of Decoder: the payload is exactly one msgpack value.
     assert norm(msgpack.unpackb(frame[HEADER_SIZE:], raw=False)) == want
@@ -266,16 +272,22 @@ def test_encode_log_array_header_boundaries(n: int) -> None:
 
 def test_encode_log_matches_encode_byte_for_byte() -> None:
     rows = [(0, {"a": 1.0}), (1, {"b": "s", "c": None}), (7, {"d": True})]
-    spliced = encode_log(2, 3, [pack_row(s, v) for s, v in rows], len(rows))
+    framed = log_frame(2, 3, rows)
     plain = encode(
-        {"op": "log", "run": 2, "seq": 3, "rows": [[s, msgpack.packb(v)] for s, v in rows]}
+        {
+            "op": "log",
+            "run": 2,
+            "seq": 3,
+            "steps": [s for s, _ in rows],
+            "values": [msgpack.packb(v) for _, v in rows],
+        }
     )
-    assert spliced == plain
+    assert framed == plain
 
 
 def test_encode_log_with_big_run_and_seq() -> None:
     run, seq = 2**64 - 1, 2**63
-    frame = encode_log(run, seq, [pack_row(2**63 - 1, {"v": -(2**63)})], 1)
+    frame = log_frame(run, seq, [(2**63 - 1, {"v": -(2**63)})])
     assert [norm(m) for m in drain_bytewise(frame)] == [
         {"op": "log", "run": run, "seq": seq, "rows": [[2**63 - 1, {"v": -(2**63)}]]}
     ]
@@ -283,7 +295,7 @@ def test_encode_log_with_big_run_and_seq() -> None:
 
 def test_encode_log_fed_byte_by_byte_with_next_frame() -> None:
     rows = _tiny_rows(20)
-    frame = encode_log(1, 2, [pack_row(s, v) for s, v in rows], 20)
+    frame = log_frame(1, 2, rows)
     got = [norm(m) for m in drain_bytewise(frame + encode(MESSAGES["ack"]))]
     assert got == [
         {"op": "log", "run": 1, "seq": 2, "rows": [[s, v] for s, v in rows]},
@@ -292,9 +304,8 @@ def test_encode_log_fed_byte_by_byte_with_next_frame() -> None:
 
 
 def test_encode_log_over_maximum_raises() -> None:
-    big = pack_row(0, {"s": "a" * MAX_FRAME_SIZE})
     with pytest.raises(ProtocolError) as ei:
-        encode_log(1, 1, [big], 1)
+        log_frame(1, 1, [(0, {"s": "a" * MAX_FRAME_SIZE})])
     assert ei.value.code == "frame_too_large"
 
 
@@ -309,7 +320,7 @@ def test_special_floats_round_trip_exactly(value: float) -> None:
     for v in (got["summary"]["v"], got["summary"]["l"][0]):
         assert type(v) is float
         assert struct.pack(">d", v) == bits
-    (logged,) = map(norm, drain_bytewise(encode_log(1, 1, [pack_row(3, {"v": value})], 1)))
+    (logged,) = map(norm, drain_bytewise(log_frame(1, 1, [(3, {"v": value})])))
     assert struct.pack(">d", logged["rows"][0][1]["v"]) == bits
 
 
@@ -525,7 +536,7 @@ def test_random_messages_random_chunks(msgs: list[Message], data: st.DataObject)
     seq=st.integers(0, 2**64 - 1),
 )
 def test_encode_log_property(rows: list[tuple[int, dict[str, Any]]], run: int, seq: int) -> None:
-    frame = encode_log(run, seq, [pack_row(s, v) for s, v in rows], len(rows))
+    frame = log_frame(run, seq, rows)
     (got,) = drain_bytewise(frame)
     want = {"op": "log", "run": run, "seq": seq, "rows": [[s, v] for s, v in rows]}
     assert same(norm(got), want)

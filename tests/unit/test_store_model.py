@@ -624,7 +624,9 @@ class StoreMachine(RuleBasedStateMachine):
                 got = queries.result_of(queries.scan(self.store, txn, msg))
                 assert_same(got["rows"], tl.rows, f"scan {run_id!r}")
                 assert got["next"] is None
-                own = queries.result_of(queries.scan(self.store, txn, {**msg, "include_parent": False}))
+                own = queries.result_of(
+                    queries.scan(self.store, txn, {**msg, "include_parent": False})
+                )
                 assert_same(own["rows"], tl.own(), f"scan {run_id!r} include_parent=False")
                 for samples in (2, 3):
                     self.check_history(
