@@ -70,12 +70,22 @@ def encode(msg: Message) -> bytes:
     return _HEADER.pack(len(payload)) + payload
 
 
-def _array_header(n: int) -> bytes:
+def _header(n: int, fix: int, wide: bytes) -> bytes:
+    """A msgpack array (``fix`` 0x90) or map (0x80) header for ``n`` items;
+    ``wide`` holds the 16- and 32-bit type bytes."""
     if n < 16:
-        return bytes((0x90 | n,))
+        return bytes((fix | n,))
     if n < 1 << 16:
-        return b"\xdc" + n.to_bytes(2, "big")
-    return b"\xdd" + n.to_bytes(4, "big")
+        return wide[:1] + n.to_bytes(2, "big")
+    return wide[1:] + n.to_bytes(4, "big")
+
+
+def _array_header(n: int) -> bytes:
+    return _header(n, 0x90, b"\xdc\xdd")
+
+
+def _map_header(n: int) -> bytes:
+    return _header(n, 0x80, b"\xde\xdf")
 
 
 def log_rows(msg: Message) -> list[list[Any]]:
@@ -103,14 +113,6 @@ def encode_log(run: int, seq: int, steps: list[int], values: list[bytes]) -> byt
     the GIL only briefly, and the daemon checks all steps in a few C passes.
     """
     return encode({"op": "log", "run": run, "seq": seq, "steps": steps, "values": values})
-
-
-def _map_header(n: int) -> bytes:
-    if n < 16:
-        return bytes((0x80 | n,))
-    if n < 1 << 16:
-        return b"\xde" + n.to_bytes(2, "big")
-    return b"\xdf" + n.to_bytes(4, "big")
 
 
 def _uint(n: int) -> bytes:

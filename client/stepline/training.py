@@ -82,15 +82,29 @@ def _check_packable(value: Any, what: str) -> None:
         raise ValueError(f"{what}: {size} bytes is over the {MAX_UPDATE_BYTES}-byte limit")
 
 
-class Config(dict[str, Any]):
-    """The run's config: a dict whose changes are sent to the daemon.
+class _Synced(dict[str, Any]):
+    """A dict whose changes go to the daemon as one update, ordered with the rows."""
 
-    Attribute access works too (``run.config.lr``), as in W&B.
-    """
+    _op = ""
 
-    def __init__(self, run: Run | None, data: Mapping[str, Any]) -> None:
-        super().__init__(data)
+    def __init__(self, run: Run, data: Mapping[str, Any]) -> None:
+        super().__init__(data)  # the initial contents came from, or go with, init
         object.__setattr__(self, "_run", run)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.update({key: value})
+
+    def update(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        data = dict(*args, **kwargs)
+        _check_packable(data, self._op)
+        super().update(data)
+        object.__getattribute__(self, "_run")._send_op({"op": self._op, self._op: data})
+
+
+class Config(_Synced):
+    """The run's config. Attribute access works too (``run.config.lr``), as in W&B."""
+
+    _op = "config"
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -101,33 +115,11 @@ class Config(dict[str, Any]):
     def __setattr__(self, name: str, value: Any) -> None:
         self[name] = value
 
-    def __setitem__(self, key: str, value: Any) -> None:
-        self.update({key: value})
 
-    def update(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
-        data = dict(*args, **kwargs)
-        _check_packable(data, "config")
-        super().update(data)
-        run = object.__getattribute__(self, "_run")
-        if run is not None:
-            run._send_op({"op": "config", "config": data})
-
-
-class Summary(dict[str, Any]):
+class Summary(_Synced):
     """Explicit summary values; they win over the values derived from history."""
 
-    def __init__(self, run: Run) -> None:
-        super().__init__()
-        self._run = run
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        self.update({key: value})
-
-    def update(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
-        data = dict(*args, **kwargs)
-        _check_packable(data, "summary")
-        super().update(data)
-        self._run._send_op({"op": "summary", "summary": data})
+    _op = "summary"
 
 
 class Run:
@@ -148,9 +140,8 @@ class Run:
         self._pack = msgpack.Packer(use_bin_type=True).pack
         self._tracker = StepTracker(self.start_step, self._emit, time.time(), self.id)
         self._finished = False
-        self.config = Config(None, info.get("config") or {})
-        object.__setattr__(self.config, "_run", self)
-        self.summary = Summary(self)
+        self.config = Config(self, info.get("config") or {})
+        self.summary = Summary(self, {})
 
     # -------------------------------------------------------------- logging
 
