@@ -171,18 +171,28 @@ def column_chunks(
         i = j
 
 
+# (start index, keys, one tuple of values per key) for each run of same-keyed rows.
+Chunks = list[tuple[int, list[str], list[Sequence[Any]]]]
+
+
+def chunks_of(rows: Sequence[Mapping[str, Any]]) -> Chunks:
+    """``column_chunks`` materialised, to be checked once and folded once."""
+    return [(start, names, list(cols)) for start, names, cols in column_chunks(rows)]
+
+
 _SCALARS = frozenset({float, int, str, bool, type(None)})
 
 
-def check_rows(rows: Sequence[Any]) -> tuple[int, str] | None:
+def check_rows(rows: Sequence[Any], chunks: Chunks | None = None) -> tuple[int, str] | None:
     """``check_row`` over many decoded rows: (index, reason) of the first bad one.
 
-    Checks each run of same-keyed rows column by column; only when that finds a
-    problem does it go row by row, to name the first bad row exactly.
+    Checks each run of same-keyed rows column by column (``chunks``, if the
+    caller already has them); only when that finds a problem does it go row by
+    row, to name the first bad row exactly.
     """
     if not all(type(r) is dict for r in rows):
         return _first_bad(rows, 0)
-    for start, names, columns in column_chunks(rows):
+    for start, names, columns in chunks if chunks is not None else column_chunks(rows):
         ok = len(names) <= MAX_KEYS_PER_ROW + len(RESERVED_KEYS) and all(
             type(k) is str and 0 < len(k) <= MAX_KEY_LEN for k in names
         )

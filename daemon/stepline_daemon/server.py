@@ -21,7 +21,7 @@ import msgpack
 
 from stepline import protocol
 from stepline.errors import Error, ProtocolError, RequestError, StepOrderError
-from stepline.rows import STEP_MAX, check_rows, check_step
+from stepline.rows import STEP_MAX, Chunks, check_rows, check_step, chunks_of
 from stepline_daemon import queries
 from stepline_daemon.settings import Settings
 from stepline_daemon.store import Row, Store
@@ -32,7 +32,10 @@ log = logging.getLogger("stepline.server")
 _MAX_CLIENT_ID = 64
 
 
-def _check_rows(raw: Any, values_checked: bool = False) -> tuple[list[Row], list[bytes] | None]:
+Checked = tuple[list[Row], list[bytes] | None, Chunks | None]
+
+
+def _check_rows(raw: Any, values_checked: bool = False) -> Checked:
     """Shape, types and order of a ``log`` batch; raises naming the first bad row."""
     if not isinstance(raw, list) or not raw:
         raise RequestError("log: rows must be a non-empty list of [step, {key: value}]")
@@ -53,19 +56,26 @@ def _check_rows(raw: Any, values_checked: bool = False) -> tuple[list[Row], list
         prev = step
         rows.append((step, item[1]))
     if values_checked:
-        return rows, None
+        return rows, None, None
     values, packed = _decode_values([v for _, v in rows])
-    bad = check_rows(values)
+    chunks = _check_values(values)
+    return [(step, v) for (step, _), v in zip(rows, values, strict=True)], packed, chunks
+
+
+def _check_values(values: list[Any]) -> Chunks | None:
+    """Check every row's values; return them by column for the summary fold."""
+    chunks = chunks_of(values) if all(type(v) is dict for v in values) else None
+    bad = check_rows(values, chunks)
     if bad is not None:
         raise RequestError(f"log: row {bad[0]}: {bad[1]}; the batch is refused whole")
-    return [(step, v) for (step, _), v in zip(rows, values, strict=True)], packed
+    return chunks
 
 
 _BYTES = frozenset({bytes})
 _INTS = frozenset({int})
 
 
-def _check_columns(steps: Any, values: Any) -> tuple[list[Row], list[bytes] | None]:
+def _check_columns(steps: Any, values: Any) -> Checked:
     """A ``log`` batch sent as columns (the client's form), checked in a few C passes;
     only a failing check goes value by value to name the culprit."""
     if type(steps) is not list or type(values) is not list or not steps:
@@ -82,10 +92,8 @@ def _check_columns(steps: Any, values: Any) -> tuple[list[Row], list[bytes] | No
         _check_rows([[step, None] for step in steps], values_checked=True)
         raise RequestError("log: steps must be strictly increasing integers in [0, 2**63)")
     decoded, packed = _decode_values(values)
-    bad = check_rows(decoded)
-    if bad is not None:
-        raise RequestError(f"log: row {bad[0]}: {bad[1]}; the batch is refused whole")
-    return list(zip(steps, decoded, strict=True)), packed
+    chunks = _check_values(decoded)
+    return list(zip(steps, decoded, strict=True)), packed, chunks
 
 
 def _decode_values(raw: list[Any]) -> tuple[list[Any], list[bytes] | None]:
@@ -323,9 +331,11 @@ class Connection(asyncio.Protocol):
                 if op == "log":
                     try:
                         if "steps" in msg:
-                            req.rows, req.packed = _check_columns(msg["steps"], msg.get("values"))
+                            req.rows, req.packed, req.chunks = _check_columns(
+                                msg["steps"], msg.get("values")
+                            )
                         else:
-                            req.rows, req.packed = _check_rows(msg.get("rows"))
+                            req.rows, req.packed, req.chunks = _check_rows(msg.get("rows"))
                     except RequestError as exc:
                         # Still goes through the writer, which records the seq in order.
                         req.refusal = exc

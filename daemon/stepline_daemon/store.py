@@ -47,7 +47,7 @@ from stepline.errors import (
     RunNotWritable,
     StepOrderError,
 )
-from stepline.rows import STEP_MAX
+from stepline.rows import STEP_MAX, Chunks, chunks_of
 from stepline_daemon import summary
 from stepline_daemon.states import WRITABLE, Event, State, can, transition
 
@@ -591,11 +591,13 @@ class Store:
         client: str,
         seq: int,
         packed: list[bytes] | None = None,
+        chunks: Chunks | None = None,
     ) -> None:
         """Store one batch of rows whose shape and order the caller already checked.
 
         ``packed``, when given, holds each row's values exactly as the client
         packed them (already checked to decode to ``rows``): stored as they are.
+        ``chunks`` are the rows' values by column, if the caller has them already.
         """
         rec = self._writable(txn, run_no, client)
         first = rows[0][0] if rows else None
@@ -612,10 +614,12 @@ class Store:
         )
         # Summary stats, in pieces that end where a snapshot is due.
         stats, every, done = rec["stats"], self.snapshot_every, rec["rows"]
+        if chunks is None:
+            chunks = chunks_of([values for _, values in rows])
         i = 0
         while i < len(rows):
             j = min(len(rows), i + every - done % every)
-            summary.update_batch(stats, [v for _, v in rows[i:j]])
+            summary.update_chunks(stats, chunks, i, j)
             done += j - i
             if done % every == 0:
                 put(key(run_no, rows[j - 1][0]), _pack(stats), db=self.snaps)

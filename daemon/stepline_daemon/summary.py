@@ -13,7 +13,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from stepline.rows import column_chunks
+from stepline.rows import Chunks, chunks_of
 
 # Per key: [first, last, min, max, sum, count]. min/max/sum/count cover finite
 # non-bool numbers only; first/last cover every value.
@@ -62,9 +62,18 @@ def update_batch(stats: Stats, rows: Sequence[Mapping[str, Any]]) -> None:
     """``update`` for many rows, column by column: an all-numeric, all-finite
     column is folded with ``min``/``max``/``sum`` in C instead of a Python step
     per value (this runs in the writer for every stored row)."""
-    for _, names, columns in column_chunks(rows):
-        for key, col in zip(names, columns, strict=False):
-            _update_column(stats, key, col)
+    update_chunks(stats, chunks_of(rows), 0, len(rows))
+
+
+def update_chunks(stats: Stats, chunks: Chunks, lo: int, hi: int) -> None:
+    """Fold rows ``lo:hi`` of a batch, given as its column chunks, into ``stats``."""
+    for start, names, columns in chunks:
+        a, b = max(lo, start) - start, min(hi, start + len(columns[0])) - start
+        if a >= b:
+            continue
+        whole = a == 0 and b == len(columns[0])
+        for key, col in zip(names, columns, strict=True):
+            _update_column(stats, key, col if whole else col[a:b])
 
 
 def _update_column(stats: Stats, key: str, col: Sequence[Any]) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 import lmdb
 
 from stepline.errors import DaemonError, Error, RequestError, SeqGap, StorageFull
+from stepline.rows import Chunks
 from stepline_daemon.store import Row, Store
 
 log = logging.getLogger("stepline.writer")
@@ -39,6 +40,7 @@ class WriteRequest:
     reply: ReplyFn | None
     rows: list[Row] = field(default_factory=list)
     packed: list[bytes] | None = None  # the rows' values as received, to store as is
+    chunks: Chunks | None = None  # the rows' values by column, from the checks
     # Refused on the loop already; the writer still records its seq, in order.
     refusal: RequestError | None = None
 
@@ -197,7 +199,7 @@ class Writer:
                 if req.refusal is not None:
                     raise req.refusal
                 if req.op == "log":
-                    store.append(txn, run, req.rows, req.client, seq, req.packed)
+                    store.append(txn, run, req.rows, req.client, seq, req.packed, req.chunks)
                 else:
                     store.update_run(txn, req.op, msg, req.client, seq)
             except RequestError:

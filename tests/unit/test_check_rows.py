@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stepline.rows import check_row, check_rows, column_chunks
+from stepline.rows import check_row, check_rows, chunks_of, column_chunks
 from stepline_daemon import summary
 
 GOOD = st.one_of(
@@ -71,3 +72,27 @@ def test_chunks_follow_key_order_not_dict_order() -> None:
         "a": [1, 3],
         "b": [2, 4],
     }
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rows=ROWS.filter(lambda rs: row_by_row(rs) is None),
+    cuts=st.lists(st.integers(0, 12), max_size=4),
+)
+def test_folding_chunks_in_pieces_matches_one_fold(
+    rows: list[dict[str, Any]], cuts: list[int]
+) -> None:
+    whole: summary.Stats = {}
+    summary.update_batch(whole, rows)
+    chunks = chunks_of(rows)
+    pieces: summary.Stats = {}
+    bounds = sorted({0, len(rows), *(min(c, len(rows)) for c in cuts)})
+    for lo, hi in itertools.pairwise(bounds):
+        summary.update_chunks(pieces, chunks, lo, hi)
+    assert set(whole) == set(pieces)
+    for k in whole:
+        a, b = whole[k], pieces[k]
+        assert math.isclose(a[summary.SUM], b[summary.SUM], rel_tol=1e-9, abs_tol=1e-6)
+        for field in (summary.FIRST, summary.LAST, summary.MIN, summary.MAX, summary.COUNT):
+            x, y = a[field], b[field]
+            assert (x == y and type(x) is type(y)) or (x != x and y != y), (k, field, x, y)
