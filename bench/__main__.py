@@ -186,7 +186,8 @@ def table(m: dict[str, Any]) -> str:
                 f"{tool:<14}{v['steps_per_s']:>12,.0f}{v['log_p50_us']:>12.2f}{v['log_p99_us']:>10.1f}{v['log_max_us']:>10.0f}{rel:>13}"
             )
     for kind in ("writers", "ceiling"):
-        for k, v in sorted((k, v) for k, v in m.items() if k.startswith(kind + "/")):
+        rows = [(k, v) for k, v in m.items() if k.startswith(kind + "/")]
+        for k, v in sorted(rows, key=lambda kv: int(kv[0].split("/")[1])):
             extra = (
                 f"  daemon RSS {v['daemon_rss_mib']:.0f} MiB (heap {v['daemon_anon_mib']:.0f},"
                 f" LMDB map {v['daemon_mmap_mib']:.0f}), client RSS {v['client_rss_mib_max']:.0f} MiB"

@@ -156,8 +156,8 @@ class Run:
 
     def _emit(self, step: int, row: dict[str, Any]) -> None:
         # Packed here, once, on the caller's thread (under the run's lock, so one
-        # Packer per run is safe): the sender thread then only splices bytes and
-        # never holds the GIL long against the training loop.
+        # Packer per run is safe): the sender thread then frames whole batches in
+        # one C call and never holds the GIL long against the training loop.
         packed = self._pack(row)
         if len(packed) > MAX_ROW_BYTES:
             raise ValueError(

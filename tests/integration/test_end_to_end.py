@@ -537,14 +537,6 @@ def test_cli_daemon_entry_point(short_tmp: Path) -> None:
     assert (short_tmp / "d" / "data.mdb").exists()
 
 
-def test_raw_msgpack_rows_are_what_the_client_sent(daemon: Daemon) -> None:
-    # The client splices pre-packed rows into the frame; the daemon must see them intact.
-    frame = protocol.encode_log(7, 1, [3], [msgpack.packb({"x": 1.5})])
-    msg = msgpack.unpackb(frame[4:], raw=False)
-    assert msg["steps"] == [3] and msg["values"] == [msgpack.packb({"x": 1.5})]
-    assert protocol.log_rows(msg) == [[3, {"x": 1.5}]]
-
-
 def test_streamed_scan_pages_and_early_stop(daemon: Daemon) -> None:
     run = init(daemon, id="pages")
     log_range(run, range(5000), val)
