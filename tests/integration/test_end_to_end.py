@@ -345,6 +345,14 @@ def _raw(d: Daemon) -> socket.socket:
     return s
 
 
+def _greeted(d: Daemon, client: str) -> socket.socket:
+    """A raw connection that has said hello as ``client``."""
+    s = _raw(d)
+    s.sendall(protocol.encode({"op": "hello", "client": client}))
+    assert _replies(s, 1)[0]["op"] == "welcome"
+    return s
+
+
 def _replies(s: socket.socket, n: int) -> list[dict[str, Any]]:
     dec = protocol.Decoder()
     out: list[dict[str, Any]] = []
@@ -389,9 +397,7 @@ def test_bad_requests_get_typed_errors_and_store_nothing(daemon: Daemon) -> None
     run.flush()
     run_no = run._run_no
 
-    s = _raw(daemon)
-    s.sendall(protocol.encode({"op": "hello", "client": "raw-client"}))
-    assert _replies(s, 1)[0]["op"] == "welcome"
+    s = _greeted(daemon, "raw-client")
     # Refusals of well-addressed batches still use up their seq, in order (1-8).
     bad: dict[str, dict[str, Any]] = {
         "step_order": {"seq": 1, "rows": [[5, {"a": 1}], [6, {"a": 2}], [4, {"a": 3}]]},
@@ -557,9 +563,7 @@ def test_packed_row_values_are_checked_then_stored_as_sent(daemon: Daemon) -> No
     run = init(daemon, id="packed")
     run.log({"a": 0})
     run.flush()
-    s = _raw(daemon)
-    s.sendall(protocol.encode({"op": "hello", "client": "packer"}))
-    assert _replies(s, 1)[0]["op"] == "welcome"
+    s = _greeted(daemon, "packer")
     bad = {
         "not_a_map": b"\x05",
         "trailing": msgpack.packb({"a": 1}) + b"\x00",
@@ -586,9 +590,7 @@ def test_column_batches_with_bad_steps_are_refused_whole(daemon: Daemon) -> None
     run = init(daemon, id="columns")
     run.log({"a": 0})
     run.flush()
-    s = _raw(daemon)
-    s.sendall(protocol.encode({"op": "hello", "client": "columnist"}))
-    assert _replies(s, 1)[0]["op"] == "welcome"
+    s = _greeted(daemon, "columnist")
     v = msgpack.packb({"a": 1})
     bad: dict[str, tuple[Any, Any, str]] = {
         "backwards": ([5, 6, 4], [v, v, v], "step_order"),

@@ -500,13 +500,20 @@ class StoreMachine(RuleBasedStateMachine):
         else:
             self.sampled_history(data, data.draw(st.integers(2, 6), "samples"))
 
-    def scan_window(self, data: st.DataObject) -> None:
+    def draw_window(
+        self, data: st.DataObject, max_keys: int
+    ) -> tuple[Timeline, int, int | None, bool, list[str] | None]:
+        """A live timeline and a read window on it: min, max, include_parent, keys."""
         tl = self.live[data.draw(st.sampled_from(sorted(self.live)), "run")]
         top = max(tl.last_step, 0) + 3
         min_step = data.draw(st.integers(0, top), "min_step")
         max_step = data.draw(st.none() | st.integers(0, top), "max_step")
         include_parent = data.draw(st.booleans(), "include_parent")
-        keys = data.draw(st.none() | st.lists(st.sampled_from(KEYS), max_size=2), "keys")
+        keys = data.draw(st.none() | st.lists(st.sampled_from(KEYS), max_size=max_keys), "keys")
+        return tl, min_step, max_step, include_parent, keys
+
+    def scan_window(self, data: st.DataObject) -> None:
+        tl, min_step, max_step, include_parent, keys = self.draw_window(data, max_keys=2)
         msg: dict[str, Any] = {
             "project": P,
             "id": tl.run_id,
@@ -544,12 +551,7 @@ class StoreMachine(RuleBasedStateMachine):
         assert_same(rows, tl.rows, f"paged scan of {tl.run_id!r} (limit {limit})")
 
     def sampled_history(self, data: st.DataObject, samples: int) -> None:
-        tl = self.live[data.draw(st.sampled_from(sorted(self.live)), "run")]
-        top = max(tl.last_step, 0) + 3
-        min_step = data.draw(st.integers(0, top), "min_step")
-        max_step = data.draw(st.none() | st.integers(0, top), "max_step")
-        include_parent = data.draw(st.booleans(), "include_parent")
-        keys = data.draw(st.none() | st.lists(st.sampled_from(KEYS), max_size=1), "keys")
+        tl, min_step, max_step, include_parent, keys = self.draw_window(data, max_keys=1)
         msg: dict[str, Any] = {
             "project": P,
             "id": tl.run_id,
