@@ -30,6 +30,9 @@ Scalar = int | float | bool | str | None
 Row = dict[str, Scalar]
 
 
+_ARRAY_MODULES = frozenset({"numpy", "torch"})
+
+
 def _scalar(key: str, value: Any) -> Scalar:
     t = type(value)
     if t is float or t is str or t is bool or value is None:
@@ -38,9 +41,9 @@ def _scalar(key: str, value: Any) -> Scalar:
         if not _INT_MIN <= value <= _INT_MAX:
             raise ValueError(f"log(): integer for {key!r} does not fit in 64 bits: {value}")
         return value  # type: ignore[no-any-return]
-    # numpy scalars (and 0-d arrays) without importing numpy: they all have
-    # .item() returning the matching Python scalar.
-    if t.__module__ == "numpy" and hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
+    # numpy scalars and 0-d arrays, torch 0-d tensors: recognised by module, never
+    # imported; each has .item() returning the matching Python scalar.
+    if t.__module__ in _ARRAY_MODULES and hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
         return _scalar(key, value.item())
     if isinstance(value, (int, float, str)):  # subclasses such as IntEnum
         return _scalar(key, _base(value))

@@ -562,3 +562,24 @@ def test_check_step_accepts_good_steps(step: int) -> None:
 def test_check_step_rejects_bad_steps(step: Any) -> None:
     why = check_step(step)
     assert isinstance(why, str) and why
+
+
+class _Tensor:
+    """Stands in for a torch tensor: torch is not installed here, and must never be imported."""
+
+    __module__ = "torch"
+
+    def __init__(self, value: float, ndim: int) -> None:
+        self.value, self.ndim = value, ndim
+
+    def item(self) -> float:
+        return self.value
+
+
+def test_torch_zero_d_tensors_convert_without_importing_torch() -> None:
+    import sys
+
+    assert flatten({"loss": _Tensor(0.25, 0)}) == {"loss": 0.25}
+    with pytest.raises(TypeError, match="_Tensor"):
+        flatten({"batch": _Tensor(0.25, 1)})
+    assert "torch" not in sys.modules
