@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import os
 import re
+import signal
 import threading
 import time
 import warnings
@@ -304,19 +305,20 @@ def init(
     info = sender.request(msg, timeout)
     run = Run(sender, info)
     _live_runs.add(run)
+    _flush_on_sigterm()
     return run
 
 
 EXIT_FLUSH_TIMEOUT = 10.0
 
 
-def _finish_live_runs() -> None:
+def _finish_live_runs(exit_code: int = 0) -> None:
     # W&B finishes runs at interpreter exit; so do we, within one overall deadline.
     # Then every sender flushes, which covers rows a forked child logged to runs
     # it does not own.
     deadline = time.monotonic() + EXIT_FLUSH_TIMEOUT
     for run in list(_live_runs):
-        run.finish(timeout=max(0.0, deadline - time.monotonic()))
+        run.finish(exit_code=exit_code, timeout=max(0.0, deadline - time.monotonic()))
     for sender in list(_senders.values()):
         try:
             sender.flush(timeout=max(0.0, deadline - time.monotonic()))
@@ -325,3 +327,21 @@ def _finish_live_runs() -> None:
 
 
 atexit.register(_finish_live_runs)
+
+
+def _flush_on_sigterm() -> None:
+    """SIGTERM (a scheduler preempting the job) would kill the process before
+    ``atexit``: finish the live runs as failed within the exit deadline, then die
+    of the signal as before. Only when nobody else handles SIGTERM, and only from
+    the main thread, where Python allows it. SIGINT needs nothing: it raises
+    KeyboardInterrupt, and the exit path finishes the runs."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    signal.signal(signum, signal.SIG_DFL)  # a second SIGTERM kills at once
+    _finish_live_runs(exit_code=128 + signum)
+    os.kill(os.getpid(), signum)
