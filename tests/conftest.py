@@ -38,6 +38,13 @@ class Daemon(DaemonProcess):
         return self
 
 
+@pytest.fixture(autouse=True)
+def no_autostart(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A test that finds no daemon must fail, not start one on the user's data dir;
+    # the autostart tests turn it on explicitly.
+    monkeypatch.setenv("STEPLINE_AUTOSTART", "0")
+
+
 @pytest.fixture
 def short_tmp() -> Iterator[Path]:
     # Unix socket paths are limited to ~108 bytes; pytest's tmp_path can be longer.

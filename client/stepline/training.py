@@ -18,6 +18,8 @@ from typing import Any
 import msgpack
 
 from stepline import paths, protocol
+from stepline.autostart import enabled as autostart_enabled
+from stepline.autostart import ensure_daemon
 from stepline.errors import Error, InvalidFork, InvalidResume, Timeout, UsageError
 from stepline.rows import MAX_ROW_BYTES, StepTracker
 from stepline.sender import Sender
@@ -264,12 +266,15 @@ def init(
     socket: str | os.PathLike[str] | None = None,
     tags: list[str] | None = None,
     timeout: float = DEFAULT_TIMEOUT,
+    autostart: bool | None = None,
     **_ignored: Any,
 ) -> Run:
     """Start a run (or fork, rewind or resume one) and return it.
 
-    Unknown W&B keyword arguments (``entity``, ``reinit``, ...) are accepted and
-    ignored so W&B scripts run unchanged.
+    When no daemon listens on the socket, one is started (detached, on the
+    default data dir, logging to ``daemon.log`` there) unless ``autostart=False``
+    or ``STEPLINE_AUTOSTART=0``. Unknown W&B keyword arguments (``entity``,
+    ``reinit``, ...) are accepted and ignored so W&B scripts run unchanged.
     """
     project = project or "uncategorized"
     if fork_from is not None and (resume is not None or resume_from is not None):
@@ -301,7 +306,10 @@ def init(
             raise InvalidFork(f"fork_from: the child id {id!r} is the parent's own id")
     if resume_from is not None:
         msg["resume_from"] = parse_ref(resume_from, "resume_from", InvalidResume)
-    sender = _sender(paths.resolve_socket(socket))
+    path = paths.resolve_socket(socket)
+    if autostart_enabled(autostart):
+        ensure_daemon(path, timeout)
+    sender = _sender(path)
     info = sender.request(msg, timeout)
     run = Run(sender, info)
     _live_runs.add(run)
