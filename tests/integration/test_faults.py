@@ -117,3 +117,22 @@ def test_forked_child_gets_its_own_sender(daemon: Daemon) -> None:
     assert parent.state == "finished"
     child = api.run(f"{P}/forked-child")
     assert [r["c"] for r in child.scan_history()] == list(range(100))
+
+
+def test_daemon_killed_and_restarted_while_logging_loses_and_duplicates_nothing(
+    daemon: Daemon,
+) -> None:
+    n, kills = 200_000, 10
+    run = stepline.init(project=P, id="killed", socket=str(daemon.socket))
+    for i in range(n):
+        run.log({"i": i, "half": i / 2}, step=i, commit=True)
+        if i % (n // kills) == n // kills // 2:
+            daemon.kill()  # SIGKILL, mid-stream: batches in flight are lost to it
+            daemon.start()
+    run.flush(timeout=180)  # raises if any batch was refused (a duplicate would be)
+    run.finish()
+    r = stepline.Api(socket=str(daemon.socket)).run(f"{P}/killed")
+    rows = list(r.scan_history(page_size=10_000))
+    assert [row["_step"] for row in rows] == list(range(n))
+    assert all(row["i"] == row["_step"] and row["half"] == row["_step"] / 2 for row in rows)
+    assert r.state == "finished" and r.summary["i"] == n - 1
