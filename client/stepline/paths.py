@@ -20,6 +20,11 @@ def default_data_dir(env: Mapping[str, str] = os.environ) -> Path:
     return Path(base) / "stepline"
 
 
+def default_state_dir(env: Mapping[str, str] = os.environ) -> Path:
+    base = env.get("XDG_STATE_HOME") or str(_home(env) / ".local" / "state")
+    return Path(base) / "stepline"
+
+
 def default_socket(env: Mapping[str, str] = os.environ) -> Path:
     runtime = env.get("XDG_RUNTIME_DIR")
     if runtime:

@@ -23,6 +23,7 @@ from stepline.autostart import ensure_daemon
 from stepline.errors import Error, InvalidFork, InvalidResume, Timeout, UsageError
 from stepline.rows import MAX_ROW_BYTES, StepTracker
 from stepline.sender import Sender
+from stepline.settings import ClientSettings
 
 DEFAULT_TIMEOUT = 30.0
 _REF_RE = re.compile(r"^(?P<id>[^?]+)\?_step=(?P<step>\d+)$")
@@ -39,7 +40,7 @@ def _sender(path: Path) -> Sender:
     with _senders_lock:
         s = _senders.get(path)
         if s is None:
-            s = _senders[path] = Sender(path, connect_timeout=DEFAULT_TIMEOUT)
+            s = _senders[path] = Sender(path, DEFAULT_TIMEOUT, ClientSettings.from_env())
         return s
 
 
@@ -143,6 +144,7 @@ class Run:
         self._pack = msgpack.Packer(use_bin_type=True).pack
         self._tracker = StepTracker(self.start_step, self._emit, time.time(), self.id)
         self._finished = False
+        self._overflow = 0
         self.config = Config(self, info.get("config") or {})
         self.summary = Summary(self, {})
 
@@ -167,7 +169,15 @@ class Run:
                 f"log(): the row at step {step} is {len(packed)} bytes, over the {MAX_ROW_BYTES}-byte "
                 "limit; it is dropped and the step is not used"
             )
-        self._sender.add_row(self._run_no, step, packed)
+        if not self._sender.add_row(self._run_no, step, packed):
+            self._overflow += 1  # the buffer was full and the policy dropped it
+            if self._overflow == 1:
+                warnings.warn(
+                    f"stepline: run {self.id!r}: the client buffer is full; rows are being "
+                    f"dropped ({self._sender.settings.overflow} policy) and counted",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
 
     @property
     def _sender(self) -> Sender:
@@ -231,7 +241,11 @@ class Run:
             self._tracker.flush_pending()
             self._sender.add_op(
                 self._run_no,
-                {"op": "finish", "exit_code": int(exit_code), "dropped": self._tracker.dropped},
+                {
+                    "op": "finish",
+                    "exit_code": int(exit_code),
+                    "dropped": self._tracker.dropped + self._overflow,
+                },
             )
             self._finished = True
         _live_runs.discard(self)

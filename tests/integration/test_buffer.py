@@ -1,0 +1,90 @@
+"""The client's bounded buffer: spill to a spool file, block, or drop, with the real daemon."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import stepline
+from tests.conftest import Daemon, wait_for
+
+P = "buffer"
+
+
+@pytest.fixture
+def small_buffer(short_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A 64 KiB client buffer and a private state dir; returns the spool dir."""
+    monkeypatch.setenv("STEPLINE_BUFFER_BYTES", str(64 * 1024))
+    monkeypatch.setenv("XDG_STATE_HOME", str(short_tmp / "state"))
+    return short_tmp / "state" / "stepline" / "spool"
+
+
+def spool_bytes(spool_dir: Path) -> int:
+    return sum(p.stat().st_size for p in spool_dir.glob("*.spool")) if spool_dir.exists() else 0
+
+
+def test_rows_spill_while_the_daemon_is_down_then_arrive(
+    daemon: Daemon, small_buffer: Path
+) -> None:
+    run = stepline.init(project=P, id="spilled", socket=str(daemon.socket))
+    run.log({"i": 0}, step=0)
+    run.flush()
+    daemon.kill()
+    n = 30_000  # ~1.5 MB of rows: far more than the 64 KiB buffer holds
+    for i in range(1, n):
+        run.log({"i": i, "pad": "x" * 32}, step=i)
+    wait_for(lambda: spool_bytes(small_buffer) > 1_000_000, 30, "rows to spill to the spool")
+    assert run._sender._mem <= 2 * 64 * 1024 + 4096  # memory stayed bounded
+    daemon.start()
+    run.flush(timeout=120)
+    run.finish()
+    rows = list(
+        stepline.Api(socket=str(daemon.socket)).run(f"{P}/spilled").scan_history(keys=["i"])
+    )
+    assert [r["i"] for r in rows] == list(range(n))
+    wait_for(
+        lambda: spool_bytes(small_buffer) == 0, 10, "the spool to be dropped once acknowledged"
+    )
+
+
+def test_drop_policy_counts_what_it_drops(
+    daemon: Daemon, small_buffer: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STEPLINE_OVERFLOW", "drop")
+    run = stepline.init(project=P, id="dropped", socket=str(daemon.socket))
+    run.flush()
+    daemon.kill()
+    n = 10_000
+    with pytest.warns(RuntimeWarning, match="buffer is full"):
+        for i in range(n):
+            run.log({"i": i, "pad": "x" * 32}, step=i)
+    assert spool_bytes(small_buffer) == 0
+    daemon.start()
+    run.finish(timeout=60)
+    r = stepline.Api(socket=str(daemon.socket)).run(f"{P}/dropped")
+    stored = len(list(r.scan_history()))
+    assert 0 < stored < n and stored + r.dropped == n
+
+
+def test_block_policy_waits_for_room_and_loses_nothing(
+    daemon: Daemon, small_buffer: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STEPLINE_OVERFLOW", "block")
+    monkeypatch.setenv("STEPLINE_BLOCK_TIMEOUT", "30")
+    run = stepline.init(project=P, id="blocked", socket=str(daemon.socket))
+    n = 20_000
+    for i in range(n):
+        run.log({"i": i, "pad": "x" * 32}, step=i)
+    run.finish()
+    r = stepline.Api(socket=str(daemon.socket)).run(f"{P}/blocked")
+    assert [row["i"] for row in r.scan_history(keys=["i"])] == list(range(n))
+    assert r.dropped == 0 and spool_bytes(small_buffer) == 0
+
+
+def test_bad_buffer_settings_are_usage_errors(
+    daemon: Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STEPLINE_OVERFLOW", "explode")
+    with pytest.raises(stepline.UsageError, match="STEPLINE_OVERFLOW"):
+        stepline.init(project=P, socket=str(daemon.socket) + ".other")
