@@ -95,6 +95,10 @@ class Harness:
             self.record(
                 "latency", lambda: scenarios.ack_latency(self.workdir(), 500 if a.quick else 2000)
             )
+        if "spill" in a.scenarios:
+            self.record(
+                "spill", lambda: scenarios.spill(self.workdir(), 20_000 if a.quick else 200_000)
+            )
         if "reads" in a.scenarios:
             n = 100_000 if a.quick else a.read_steps
             self.record("reads", lambda: scenarios.reads_and_forks(self.workdir(), n, 100, 3))
@@ -122,6 +126,14 @@ def targets(m: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
         p = m.get(f"single/{tool}")
         ratio = s["steps_per_s"] / p["steps_per_s"] if s and p else None
         add(f"single writer vs {tool}", ratio, f">= {goal}x", lambda v, g=goal: v >= g, "{:.1f}x")
+    sp = m.get("spill")
+    add(
+        "log() p99, daemon down, spilling",
+        sp and sp["log_p99_us"],
+        "<= 10 us",
+        lambda v: v <= 10,
+        "{:.2f} us",
+    )
     w4, c4 = m.get("writers/4"), m.get("ceiling/4")
     frac = w4["rows_per_s"] / c4["rows_per_s"] if w4 and c4 else None
     add("4 writers vs ceiling", frac, ">= 60%", lambda v: v >= 0.6, "{:.0%}")
@@ -199,6 +211,14 @@ def table(m: dict[str, Any]) -> str:
         v = m["latency"]
         lines.append(
             f"ack latency at 1 row/ms: p50 {v['ack_p50_ms']:.2f} ms, p99 {v['ack_p99_ms']:.2f} ms, max {v['ack_max_ms']:.2f} ms"
+        )
+    if "spill" in m:
+        v = m["spill"]
+        lines.append(
+            f"daemon down, {v['steps']:,} rows, {v['buffer_mib']:.0f} MiB buffer: "
+            f"{v['spooled_mib']:.1f} MiB spilled; log() p50 {v['log_p50_us']:.2f} us, "
+            f"p99 {v['log_p99_us']:.2f} us, max {v['log_max_us']:.0f} us; delivered in "
+            f"{v['drain_s']:.1f}s once it was back"
         )
     if "reads" in m:
         v = m["reads"]
@@ -282,7 +302,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=100_000, help="single-writer steps")
     ap.add_argument("--writer-rows", type=int, default=400_000)
     ap.add_argument("--read-steps", type=int, default=1_000_000)
-    ap.add_argument("--scenarios", default="single,writers,ceiling,latency,reads")
+    ap.add_argument("--scenarios", default="single,writers,ceiling,latency,spill,reads")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     args.scenarios = set(args.scenarios.split(","))

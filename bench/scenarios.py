@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import os
 import statistics
 import subprocess
 import sys
@@ -241,3 +242,44 @@ def reads_and_forks(workdir: Path, steps: int, depth: int, repeats: int) -> dict
     finally:
         d.stop()
     return out
+
+
+def spill(workdir: Path, steps: int, buffer_bytes: int = 4 * 1024 * 1024) -> dict[str, Any]:
+    """log() cost while the daemon is down and rows spill to the spool, then delivery."""
+    d = daemon(workdir)
+    os.environ["STEPLINE_BUFFER_BYTES"] = str(buffer_bytes)  # read when this socket's sender starts
+    os.environ["XDG_STATE_HOME"] = str(workdir / "state")
+    make = row_maker()
+    rows = [make(i) for i in range(steps)]
+    costs = [0] * steps
+    try:
+        run = stepline.init(project="bench", socket=str(d.socket))
+        run.flush()
+        d.stop()
+        now = time.perf_counter_ns
+        for i in range(steps):
+            a = now()
+            run.log(rows[i], step=i)
+            costs[i] = now() - a
+        spooled = sum(p.stat().st_size for p in (workdir / "state").rglob("*.spool"))
+        d.start()
+        t = time.perf_counter()
+        run.finish(timeout=600)
+        drain_s = time.perf_counter() - t
+        r = stepline.Api(socket=str(d.socket)).run(f"bench/{run.id}")
+        if r.last_step != steps - 1 or r.dropped:
+            raise RuntimeError(f"spill: last step {r.last_step}, dropped {r.dropped}")
+    finally:
+        del os.environ["STEPLINE_BUFFER_BYTES"], os.environ["XDG_STATE_HOME"]
+        if d.alive:
+            d.stop()
+    costs.sort()
+    return {
+        "steps": steps,
+        "buffer_mib": buffer_bytes / 2**20,
+        "spooled_mib": spooled / 2**20,
+        "log_p50_us": costs[steps // 2] / 1000,
+        "log_p99_us": costs[int(steps * 0.99)] / 1000,
+        "log_max_us": costs[-1] / 1000,
+        "drain_s": drain_s,
+    }

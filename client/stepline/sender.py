@@ -8,6 +8,10 @@ connection drops it reconnects with backoff and resends every unacknowledged
 frame in order; the daemon's per (client, run) sequence numbers make the resend
 exactly-once.
 
+Memory is bounded (``ClientSettings.buffer_bytes``): past the bound, queued rows
+are framed into a spool file and read back when sent (the default), or log()
+waits for room, or drops and counts, as the overflow policy says.
+
 Every entry queued gets a ticket, and acks arrive in order, so "everything up to
 ticket T is durable" is one integer compared under the lock: that is ``flush``.
 """
@@ -111,7 +115,6 @@ class Sender:
         self._mem = 0  # row bytes held in memory: queued, or framed and not yet acked
         self._spool = Spool(self.settings.spool_dir / f"{self.client_id}.spool")
         self._spooled = 0  # batches in _unacked that live in the spool
-        self.overflow_drops = 0
         self._seqs: dict[int, int] = collections.defaultdict(int)
         self._errors: list[Error] = []
         self._requests: dict[int, _Request] = {}
@@ -135,7 +138,6 @@ class Sender:
         """
         with self._lock:
             if self._mem > self.settings.buffer_bytes and not self._make_room():
-                self.overflow_drops += 1
                 return False
             self._mem += len(packed)
             self._since_yield += 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from stepline import paths
@@ -23,7 +23,7 @@ class ClientSettings:
     # drop: log() drops the row at once. Drops are counted in the run's stats.
     overflow: str = "spill"
     block_timeout: float = 1.0
-    spool_dir: Path = paths.default_state_dir() / "spool"
+    spool_dir: Path = field(default_factory=lambda: paths.default_state_dir() / "spool")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> ClientSettings:
