@@ -20,7 +20,7 @@ from typing import Any, cast
 import msgpack
 
 from stepline import protocol
-from stepline.errors import Error, ProtocolError, RequestError, StepOrderError
+from stepline.errors import DaemonError, Error, ProtocolError, RequestError, StepOrderError
 from stepline.rows import STEP_MAX, Chunks, check_rows, check_step, chunks_of
 from stepline_daemon import queries
 from stepline_daemon.settings import Settings
@@ -284,6 +284,9 @@ class Connection(asyncio.Protocol):
                 self.handle(msg)
             except Error as exc:
                 self.send(error_reply(exc, msg))
+            except Exception:  # a bug must cost this request, not the connection
+                log.exception("handling %r failed", msg.get("op"))
+                self.send(error_reply(DaemonError("internal error handling the request"), msg))
 
     def write_frame(self, frame: bytes) -> None:
         if not self.closed and self.transport is not None:
