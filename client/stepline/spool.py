@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import struct
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 from stepline.errors import Error
@@ -16,6 +17,28 @@ from stepline.errors import Error
 _HEAD = struct.Struct(">II")
 
 Ref = tuple[int, int]  # (offset of the record, frame length)
+
+
+def pack_record(frame: bytes) -> bytes:
+    return _HEAD.pack(len(frame), zlib.crc32(frame)) + frame
+
+
+def read_records(path: Path) -> Iterator[bytes]:
+    """Every record of a file written with :func:`pack_record`, checked, in order.
+
+    A torn last record (a crash mid-write) ends the file; damage before it raises.
+    """
+    data = path.read_bytes()
+    pos = 0
+    while pos + _HEAD.size <= len(data):
+        size, crc = _HEAD.unpack_from(data, pos)
+        frame = data[pos + _HEAD.size : pos + _HEAD.size + size]
+        if len(frame) < size:
+            return  # torn tail
+        if zlib.crc32(frame) != crc:
+            raise SpoolCorrupt(f"{path} is damaged at offset {pos}")
+        yield frame
+        pos += _HEAD.size + size
 
 
 class SpoolCorrupt(Error):
@@ -38,7 +61,7 @@ class Spool:
         parts: list[bytes] = []
         for frame in frames:
             refs.append((self._end, len(frame)))
-            parts += (_HEAD.pack(len(frame), zlib.crc32(frame)), frame)
+            parts.append(pack_record(frame))
             self._end += _HEAD.size + len(frame)
         data = b"".join(parts)
         written = os.pwrite(self._fd, data, refs[0][0]) if refs else 0

@@ -17,10 +17,11 @@ from typing import Any
 
 import msgpack
 
-from stepline import paths, protocol
+from stepline import offline, paths, protocol
 from stepline.autostart import enabled as autostart_enabled
 from stepline.autostart import ensure_daemon
 from stepline.errors import Error, InvalidFork, InvalidResume, Timeout, UsageError
+from stepline.offline import OfflineSender
 from stepline.rows import MAX_ROW_BYTES, StepTracker
 from stepline.sender import Sender
 from stepline.settings import ClientSettings
@@ -281,6 +282,7 @@ def init(
     tags: list[str] | None = None,
     timeout: float = DEFAULT_TIMEOUT,
     autostart: bool | None = None,
+    mode: str | None = None,
     **_ignored: Any,
 ) -> Run:
     """Start a run (or fork, rewind or resume one) and return it.
@@ -289,6 +291,9 @@ def init(
     default data dir, logging to ``daemon.log`` there) unless ``autostart=False``
     or ``STEPLINE_AUTOSTART=0``. Unknown W&B keyword arguments (``entity``,
     ``reinit``, ...) are accepted and ignored so W&B scripts run unchanged.
+
+    ``mode="offline"`` (or ``STEPLINE_MODE=offline``) records the run to a file
+    under the XDG state dir instead; ``stepline sync`` delivers it later.
     """
     project = project or "uncategorized"
     if fork_from is not None and (resume is not None or resume_from is not None):
@@ -321,11 +326,21 @@ def init(
     if resume_from is not None:
         msg["resume_from"] = parse_ref(resume_from, "resume_from", InvalidResume)
     path = paths.resolve_socket(socket)
-    if autostart_enabled(autostart):
-        ensure_daemon(path, timeout)
-    sender = _sender(path)
+    mode = mode or os.environ.get("STEPLINE_MODE") or "online"
+    sender: Sender | OfflineSender
+    if mode == "offline":
+        offline.check_init(msg)
+        settings = ClientSettings.from_env()
+        name = f"{project}-{time.strftime('%Y%m%dT%H%M%S')}-{os.urandom(4).hex()}{offline.SUFFIX}"
+        sender = OfflineSender(offline.offline_dir(settings) / name, path, settings)
+    elif mode == "online":
+        if autostart_enabled(autostart):
+            ensure_daemon(path, timeout)
+        sender = _sender(path)
+    else:
+        raise UsageError(f"mode must be 'online' or 'offline', got {mode!r}")
     info = sender.request(msg, timeout)
-    run = Run(sender, info)
+    run = Run(sender, info)  # type: ignore[arg-type]
     _live_runs.add(run)
     _flush_on_sigterm()
     return run
