@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
 import textwrap
+
+import pytest
 
 import stepline
 from tests.conftest import Daemon
@@ -54,3 +57,36 @@ def test_user_sigterm_handler_is_left_alone(daemon: Daemon) -> None:
     """)
     subprocess.run([sys.executable, "-c", script], timeout=60, check=True)
     assert stepline.Api(socket=str(daemon.socket)).run(f"{P}/handled").state == "finished"
+
+
+def test_a_wandb_style_script_runs_unchanged(daemon: Daemon) -> None:
+    script = textwrap.dedent("""
+        import numpy as np
+        import stepline as wandb
+
+        wandb.init(project="life", config={"lr": 0.1, "epochs": 2}, name="exp", tags=["a"],
+                   entity="ignored", reinit=True)
+        wandb.define_metric("val/loss", summary="min")
+        for epoch in range(wandb.config.epochs):
+            for step in range(50):
+                wandb.log({"train": {"loss": 1.0 / (step + 1)}, "epoch": epoch, "lr": np.float32(0.1)})
+            wandb.log({"val/loss": 0.5 - epoch * 0.1}, commit=False)
+        wandb.config.update({"batch_size": 32})
+        wandb.run.summary["best_epoch"] = 1
+        print(wandb.run.id)
+        wandb.finish()
+    """)
+    env = {**os.environ, "STEPLINE_SOCKET": str(daemon.socket)}
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    r = stepline.Api(socket=str(daemon.socket)).run(f"{P}/{out.stdout.strip()}")
+    assert r.state == "finished" and r.name == "exp" and r.tags == ["a"]
+    assert r.config == {"lr": 0.1, "epochs": 2, "batch_size": 32}
+    # W&B semantics: each commit=False row merges into the next epoch's first row,
+    # and finish() commits the last one.
+    assert r.last_step == 100 and r.summary["best_epoch"] == 1
+    assert r.summary["val/loss"] == pytest.approx(0.4)  # min over the epochs
+    rows = list(r.scan_history(keys=["val/loss"]))
+    assert [row["_step"] for row in rows] == [50, 100]
