@@ -19,6 +19,9 @@ from stepline import paths
 from stepline.channel import listening
 from stepline.errors import DaemonUnavailable
 
+# Runs the daemon in its own session (the training job's signals miss it) and exits.
+_LAUNCH = "import subprocess, sys; subprocess.Popen(sys.argv[1:], start_new_session=True)"
+
 
 def enabled(explicit: bool | None, env: Mapping[str, str] = os.environ) -> bool:
     """``autostart=`` if given, else ``STEPLINE_AUTOSTART`` (on unless "0", "false", "no")."""
@@ -43,29 +46,35 @@ def ensure_daemon(socket: Path, timeout: float, env: Mapping[str, str] = os.envi
     )
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir / "daemon.log"
+    argv = [
+        sys.executable,
+        "-m",
+        "stepline_daemon",
+        "--data-dir",
+        str(data_dir),
+        "--socket",
+        str(socket),
+    ]
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "stepline_daemon",
-                "--data-dir",
-                str(data_dir),
-                "--socket",
-                str(socket),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,  # outlives the training process, and its signals
-            close_fds=True,
-        )
+        # Started through a launcher that exits at once, so the daemon is nobody's
+        # child here: it outlives the training process and never lingers as a zombie.
+        try:
+            subprocess.run(
+                [sys.executable, "-c", _LAUNCH, *argv],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                check=True,
+                timeout=timeout,
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise DaemonUnavailable(
+                f"could not start a stepline daemon: {exc}; see {log_path}"
+            ) from None
     deadline = time.monotonic() + timeout
     delay = 0.005
     while not listening(socket):
-        # A daemon that lost a start-up race exits at once; keep waiting for the
-        # winner. poll() also reaps it, so it leaves no zombie behind.
-        proc.poll()
+        # A daemon that lost a start-up race exits at once; wait for the winner.
         if time.monotonic() > deadline:
             raise DaemonUnavailable(
                 f"started a stepline daemon for {socket}, but it did not listen within "

@@ -121,6 +121,11 @@ def sync_file(path: Path, socket: Path, timeout: float = 60.0) -> tuple[str, int
             found = chan.request(
                 {"op": "info", "project": init["project"], "id": init["id"]}, timeout
             )
+            if found.get("client") != header["client"]:
+                raise RunExists(
+                    f"run {init['id']!r} already exists in {init['project']!r} and was not "
+                    f"made by this offline file ({path.name}); nothing was synced"
+                ) from None
             info = {"run": found["run_no"]}
         run_no, sent = info["run"], 0
         for sent, frame in enumerate(records, start=1):

@@ -49,7 +49,13 @@ ACK_POLL = 0.05
 BACKOFF_MIN, BACKOFF_MAX = 0.05, 2.0
 # Most bytes of unacknowledged batches one pump sends (a spooled backlog goes out
 # in pieces, so acks keep flowing).
-SEND_BYTES = 8 * 1024 * 1024
+SEND_BYTES = 1024 * 1024
+# How long the sender thread may block on its socket before it drops the
+# connection and reconnects (spilling meanwhile): a daemon that hangs must not
+# hold the thread, and so a full buffer, for long. Sends are kept small
+# (SEND_BYTES) so a busy but healthy daemon takes them well within the bound.
+CONNECT_TIMEOUT = 2.0
+SEND_TIMEOUT = 5.0
 # How many rows log() queues between brief GIL releases while the sender is busy.
 HANDOFF_EVERY = 1024
 
@@ -90,14 +96,11 @@ class _Retry(Exception):
 
 
 class Sender:
-    def __init__(
-        self, path: Path, connect_timeout: float, settings: ClientSettings | None = None
-    ) -> None:
+    def __init__(self, path: Path, settings: ClientSettings | None = None) -> None:
         self.path = path
         self.settings = settings or ClientSettings()
         self.client_id = os.urandom(16).hex()
         self.pid = os.getpid()
-        self._connect_timeout = connect_timeout
         self._lock = threading.Lock()
         # Two conditions on one lock: the sender thread waits for work, callers
         # of flush() wait for progress; a notify never wakes the wrong kind.
@@ -115,6 +118,7 @@ class Sender:
         self._mem = 0  # row bytes held in memory: queued, or framed and not yet acked
         self._spool = Spool(self.settings.spool_dir / f"{self.client_id}.spool")
         self._spooled = 0  # batches in _unacked that live in the spool
+        self._spill_broken = False
         self._seqs: dict[int, int] = collections.defaultdict(int)
         self._errors: list[Error] = []
         self._requests: dict[int, _Request] = {}
@@ -170,7 +174,7 @@ class Sender:
         policy = self.settings.overflow
         if policy == "drop":
             return False
-        if policy == "spill":
+        if policy == "spill" and not self._spill_broken:
             self._work.notify()  # the sender moves the queued rows to the spool
             if self._mem <= 2 * self.settings.buffer_bytes:
                 return True
@@ -277,6 +281,7 @@ class Sender:
     def _must_spill(self) -> bool:
         return (
             self.settings.overflow == "spill"
+            and not self._spill_broken
             and self._mem > self.settings.buffer_bytes
             and bool(self._outbox)
         )
@@ -287,7 +292,7 @@ class Sender:
     def _connect(self) -> None:
         """Connect, greet, and resend every unacknowledged frame, in order."""
         try:
-            chan = Channel(self.path, self._connect_timeout)
+            chan = Channel(self.path, CONNECT_TIMEOUT)
         except Error as exc:
             with self._lock:
                 # Requests fail fast; batches wait for the daemon to come back.
@@ -302,7 +307,7 @@ class Sender:
                 {"op": "hello", "client": self.client_id, "version": protocol.PROTOCOL_VERSION}
             )
         )
-        welcome = chan.receive(time.monotonic() + self._connect_timeout)
+        welcome = chan.receive(time.monotonic() + CONNECT_TIMEOUT)
         if welcome.get("op") != "welcome":
             raise DaemonUnavailable(f"unexpected greeting from {self.path}: {welcome!r}")
         with self._lock:
@@ -312,7 +317,7 @@ class Sender:
             self._unsent = len(self._unacked)
             for req in self._requests.values():
                 req.sent = False
-        chan.sock.settimeout(30.0)
+        chan.sock.settimeout(SEND_TIMEOUT)
 
     def _disconnect(self) -> None:
         chan, self._chan = self._chan, None
@@ -356,7 +361,23 @@ class Sender:
         with self._lock:
             entries = self._take_outbox()
             framed = [(e, f) for e in entries if (f := self._frame(e)) is not None]
-        refs = self._spool.append([frame for _, (_, frame) in framed])  # I/O, unlocked
+        try:
+            refs = self._spool.append([frame for _, (_, frame) in framed])  # I/O, unlocked
+        except OSError as exc:
+            # No spool: put the rows back, first in line, and give their seqs back
+            # (nothing else was framed meanwhile); from now on a full buffer blocks.
+            log.error(
+                "stepline: cannot write the spool %s (%s); log() will block "
+                "when the buffer is full",
+                self._spool.path,
+                exc,
+            )
+            with self._lock:
+                for e, _ in framed:
+                    self._seqs[e.run] -= 1
+                self._outbox.extendleft(reversed([e for e, _ in framed]))
+                self._spill_broken = True
+            return
         with self._lock:
             for (e, (key, _)), ref in zip(framed, refs, strict=True):
                 self._unacked[key] = _Out(e.first, None, ref, 0)

@@ -22,7 +22,9 @@ class ClientSettings:
     # block: log() waits for room, up to block_timeout, then drops;
     # drop: log() drops the row at once. Drops are counted in the run's stats.
     overflow: str = "spill"
-    block_timeout: float = 1.0
+    # The longest log() may wait for room (block policy, or a spill falling
+    # behind a hung daemon) before it drops the row.
+    block_timeout: float = 10.0
     spool_dir: Path = field(default_factory=lambda: paths.default_state_dir() / "spool")
 
     @classmethod

@@ -34,6 +34,8 @@ _senders_lock = threading.Lock()
 _live_runs: weakref.WeakSet[Run] = weakref.WeakSet()
 # Bumped in a forked child, so runs inherited from the parent pick up a fresh sender.
 _fork_generation = 0
+# Set by SIGTERM: runs are being finished and the process is about to end.
+_terminating = False
 
 
 def _sender(path: Path) -> Sender:
@@ -41,7 +43,7 @@ def _sender(path: Path) -> Sender:
     with _senders_lock:
         s = _senders.get(path)
         if s is None:
-            s = _senders[path] = Sender(path, DEFAULT_TIMEOUT, ClientSettings.from_env())
+            s = _senders[path] = Sender(path, ClientSettings.from_env())
         return s
 
 
@@ -156,6 +158,8 @@ class Run:
     ) -> None:
         """Log metrics. No I/O: rows are queued for the background sender."""
         if self._finished:
+            if _terminating:
+                return  # SIGTERM finished the run; the process is about to end
             raise UsageError(f"run {self.id!r} is finished; log() after finish() is not allowed")
         with self._lock:
             self._tracker.log(data, step, commit)
@@ -379,6 +383,15 @@ def _flush_on_sigterm() -> None:
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
+    # The handler runs on the main thread wherever it was interrupted, perhaps
+    # inside log() holding the sender's lock: the work goes to a thread, which
+    # takes the locks once the main thread lets go of them.
+    global _terminating
     signal.signal(signum, signal.SIG_DFL)  # a second SIGTERM kills at once
+    _terminating = True
+    threading.Thread(target=_terminate, args=(signum,), name="stepline-sigterm").start()
+
+
+def _terminate(signum: int) -> None:
     _finish_live_runs(exit_code=128 + signum)
-    os.kill(os.getpid(), signum)
+    os.kill(os.getpid(), signum)  # die of the signal, as without stepline

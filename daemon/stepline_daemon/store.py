@@ -714,6 +714,7 @@ class Store:
             p = self.record(txn, parent[0])
             out["parent"] = {"id": p["id"], "run_no": p["run_no"], "step": parent[1]}
         if full:
+            out["client"] = rec["client"]  # who created (or last resumed) it
             out["config"] = rec["config"]
             out["metrics"] = rec["metrics"]
             out["lineage"] = self.lineage(txn, rec)

@@ -88,3 +88,26 @@ def test_bad_buffer_settings_are_usage_errors(
     monkeypatch.setenv("STEPLINE_OVERFLOW", "explode")
     with pytest.raises(stepline.UsageError, match="STEPLINE_OVERFLOW"):
         stepline.init(project=P, socket=str(daemon.socket) + ".other")
+
+
+def test_an_unwritable_spool_loses_nothing_it_does_not_count(
+    daemon: Daemon, short_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocker = short_tmp / "not-a-dir"
+    blocker.write_text("")
+    monkeypatch.setenv("STEPLINE_BUFFER_BYTES", str(64 * 1024))
+    monkeypatch.setenv("XDG_STATE_HOME", str(blocker))  # the spool dir cannot be made
+    monkeypatch.setenv("STEPLINE_BLOCK_TIMEOUT", "0.001")
+    run = stepline.init(project=P, id="nospool", socket=str(daemon.socket))
+    run.flush()
+    daemon.kill()
+    n = 1_500
+    with pytest.warns(RuntimeWarning, match="buffer is full"):
+        for i in range(n):
+            run.log({"i": i, "pad": "x" * 32}, step=i)
+    daemon.start()
+    run.finish(timeout=60)  # no seq was burnt: nothing waits on a batch that will never come
+    r = stepline.Api(socket=str(daemon.socket)).run(f"{P}/nospool")
+    steps = [row["_step"] for row in r.scan_history()]
+    assert r.state == "finished" and len(steps) + r.dropped == n and len(steps) > 0
+    assert steps == sorted(steps)

@@ -90,3 +90,21 @@ def test_a_wandb_style_script_runs_unchanged(daemon: Daemon) -> None:
     assert r.summary["val/loss"] == pytest.approx(0.4)  # min over the epochs
     rows = list(r.scan_history(keys=["val/loss"]))
     assert [row["_step"] for row in rows] == [50, 100]
+
+
+def test_sigterm_while_log_holds_the_senders_lock_still_flushes(daemon: Daemon) -> None:
+    script = textwrap.dedent(f"""
+        import os, signal, time, stepline
+        run = stepline.init(project={P!r}, id="locked", socket={str(daemon.socket)!r})
+        for i in range(100):
+            run.log({{"i": i}})
+        lock = run._sender._lock
+        lock.acquire()  # as if SIGTERM landed inside log(), mid-queueing
+        os.kill(os.getpid(), signal.SIGTERM)
+        lock.release()
+        time.sleep(60)  # never reached: the signal ends the process
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], timeout=60)
+    assert proc.returncode == -signal.SIGTERM
+    r = stepline.Api(socket=str(daemon.socket)).run(f"{P}/locked")
+    assert r.last_step == 99 and r.state == "failed"

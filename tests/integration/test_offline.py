@@ -69,3 +69,19 @@ def test_offline_run_syncs_exactly_once(
     again1 = api.run(f"{P}/offline1")
     assert again1.last_step == 2499 and again1.state == "finished"
     assert len(list(api.run(f"{P}/offfork").scan_history())) == 6
+
+
+def test_sync_never_writes_into_a_run_it_did_not_make(
+    daemon: Daemon, short_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(short_tmp / "state"))
+    online = stepline.init(project=P, id="taken", socket=str(daemon.socket))
+    online.log({"online": 1})
+    online.finish()
+    off = stepline.init(project=P, id="taken", mode="offline")
+    off.log({"offline": 1})
+    off.finish()
+    out = sync(daemon)
+    assert out.returncode == 1 and "not made by this offline file" in out.stderr
+    rows = list(stepline.Api(socket=str(daemon.socket)).run(f"{P}/taken").scan_history())
+    assert [set(r) - {"_step", "_timestamp", "_runtime"} for r in rows] == [{"online"}]
