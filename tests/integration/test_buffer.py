@@ -104,7 +104,7 @@ def test_an_unwritable_spool_loses_nothing_it_does_not_count(
     n = 1_500
     with pytest.warns(RuntimeWarning, match="buffer is full"):
         for i in range(n):
-            run.log({"i": i, "pad": "x" * 32}, step=i)
+            run.log({"i": i, "pad": "x" * 200}, step=i)  # 1500 rows: well over 2 x 64 KiB
     daemon.start()
     run.finish(timeout=60)  # no seq was burnt: nothing waits on a batch that will never come
     r = stepline.Api(socket=str(daemon.socket)).run(f"{P}/nospool")
