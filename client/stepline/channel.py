@@ -56,9 +56,6 @@ class Channel:
     def close(self) -> None:
         self.sock.close()
 
-    def fileno(self) -> int:
-        return self.sock.fileno()
-
     def send(self, frame: bytes) -> None:
         self.sock.sendall(frame)
 

@@ -35,7 +35,6 @@ class OfflineSender:
 
     def __init__(self, path: Path, socket: Path, settings: ClientSettings) -> None:
         self.path = socket  # where an os.fork() child would log to
-        self.file = path
         self.settings = settings
         self._lock = threading.Lock()
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -100,7 +100,6 @@ class Sender:
         self.path = path
         self.settings = settings or ClientSettings()
         self.client_id = os.urandom(16).hex()
-        self.pid = os.getpid()
         self._lock = threading.Lock()
         # Two conditions on one lock: the sender thread waits for work, callers
         # of flush() wait for progress; a notify never wakes the wrong kind.
@@ -126,7 +125,6 @@ class Sender:
         self._chan: Channel | None = None
         self._idle = False
         self._since_yield = 0
-        self._stopping = False
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -230,13 +228,6 @@ class Sender:
                 err, self._errors = self._errors[0], []
                 raise err
 
-    def close(self, timeout: float | None) -> None:
-        with self._lock:
-            self._stopping = True
-            self._work.notify()
-        self._wake()
-        self._thread.join(timeout)
-
     def _wake(self) -> None:
         # Only blocking calls (flush, finish, init) use this; log() never does.
         with contextlib.suppress(BlockingIOError):  # a wake-up is already pending
@@ -246,14 +237,12 @@ class Sender:
 
     def _run(self) -> None:
         backoff = BACKOFF_MIN
-        while True:
+        while True:  # a daemon thread: it ends with the process
             with self._lock:
-                while not self._has_work() and not self._stopping:
+                while not self._has_work():
                     self._idle = True
                     self._work.wait()
                     self._idle = False
-                if self._stopping and not self._has_work():
-                    break
             try:
                 if self._must_spill():
                     self._spill()
@@ -273,10 +262,8 @@ class Sender:
             with self._lock:
                 # Not while rows wait to spill: a full buffer must never wait out
                 # a backoff (that would cost the training thread its rows).
-                self._work.wait_for(lambda: self._must_spill() or self._stopping, backoff)
+                self._work.wait_for(self._must_spill, backoff)
             backoff = min(backoff * 2, BACKOFF_MAX)
-        self._disconnect()
-        self._spool.clear()
 
     def _must_spill(self) -> bool:
         return (

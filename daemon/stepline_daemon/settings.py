@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 from stepline import paths
@@ -73,12 +73,3 @@ class Settings:
                 except ValueError:
                     p.error(f"{name} must be an integer, got {raw!r}")
         return cls(**kw)  # type: ignore[arg-type]
-
-    def replace(self, **changes: object) -> Settings:
-        known = {f.name for f in fields(self)}
-        unknown = set(changes) - known
-        if unknown:
-            raise TypeError(f"unknown settings: {sorted(unknown)}")
-        values = {f.name: getattr(self, f.name) for f in fields(self)}
-        values.update(changes)
-        return Settings(**values)  # type: ignore[arg-type]

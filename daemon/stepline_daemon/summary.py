@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from stepline.rows import Chunks, chunks_of
@@ -117,12 +117,6 @@ def merge(before: Stats, after: Stats) -> Stats:
             a[SUM] += b[SUM]
             a[COUNT] += b[COUNT]
     return out
-
-
-def from_rows(rows: Iterable[Mapping[str, Any]]) -> Stats:
-    stats: Stats = {}
-    update_batch(stats, list(rows))
-    return stats
 
 
 def mode_for(key: str, metrics: Mapping[str, str]) -> str:

@@ -100,8 +100,6 @@ class Writer:
         self._cv = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="stepline-writer", daemon=True)
-        self.commits = 0
-        self.rows = 0
 
     def start(self) -> None:
         self._thread.start()
@@ -166,21 +164,17 @@ class Writer:
     def _commit(self, group: list[WriteRequest]) -> list[tuple[WriteRequest, Reply | None]]:
         store = self._store
         results: list[tuple[WriteRequest, Reply | None]] = []
-        rows = 0
         txn = store.env.begin(write=True)
         try:
             for req in group:
                 try:
                     results.append((req, self._apply_one(txn, req)))
-                    rows += len(req.rows)
                 except RequestError as exc:
                     results.append((req, error_reply(exc, req.msg)))
             txn.commit()
         except BaseException:
             txn.abort()
             raise
-        self.commits += 1
-        self.rows += rows
         return results
 
     def _apply_one(self, txn: lmdb.Transaction, req: WriteRequest) -> Reply | None:
@@ -188,8 +182,7 @@ class Writer:
         if req.op in SEQ_OPS:
             run, seq = msg["run"], msg["seq"]
             last = store.last_seq(txn, req.client, run)
-            if seq <= last:
-                req.rows = []  # a resend of a batch already answered: apply nothing
+            if seq <= last:  # a resend of a batch already answered: apply nothing
                 return {"op": "ack", "run": run, "seq": seq}
             if seq != last + 1:
                 # An earlier batch failed for a passing reason (storage); the client

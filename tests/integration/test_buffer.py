@@ -20,6 +20,16 @@ def small_buffer(short_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return short_tmp / "state" / "stepline" / "spool"
 
 
+def log_while_down(daemon: Daemon, run_id: str, n: int, pad: int) -> stepline.Run:
+    """A run whose daemon is killed before it logs ``n`` rows of ``pad`` extra bytes."""
+    run = stepline.init(project=P, id=run_id, socket=str(daemon.socket))
+    run.flush()
+    daemon.kill()
+    for i in range(n):
+        run.log({"i": i, "pad": "x" * pad}, step=i)
+    return run
+
+
 def spool_bytes(spool_dir: Path) -> int:
     return sum(p.stat().st_size for p in spool_dir.glob("*.spool")) if spool_dir.exists() else 0
 
@@ -27,13 +37,8 @@ def spool_bytes(spool_dir: Path) -> int:
 def test_rows_spill_while_the_daemon_is_down_then_arrive(
     daemon: Daemon, small_buffer: Path
 ) -> None:
-    run = stepline.init(project=P, id="spilled", socket=str(daemon.socket))
-    run.log({"i": 0}, step=0)
-    run.flush()
-    daemon.kill()
     n = 30_000  # ~1.5 MB of rows: far more than the 64 KiB buffer holds
-    for i in range(1, n):
-        run.log({"i": i, "pad": "x" * 32}, step=i)
+    run = log_while_down(daemon, "spilled", n, pad=32)
     wait_for(lambda: spool_bytes(small_buffer) > 1_000_000, 30, "rows to spill to the spool")
     assert run._sender._mem <= 2 * 64 * 1024 + 4096  # memory stayed bounded
     daemon.start()
@@ -52,13 +57,9 @@ def test_drop_policy_counts_what_it_drops(
     daemon: Daemon, small_buffer: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("STEPLINE_OVERFLOW", "drop")
-    run = stepline.init(project=P, id="dropped", socket=str(daemon.socket))
-    run.flush()
-    daemon.kill()
     n = 10_000
     with pytest.warns(RuntimeWarning, match="buffer is full"):
-        for i in range(n):
-            run.log({"i": i, "pad": "x" * 32}, step=i)
+        run = log_while_down(daemon, "dropped", n, pad=32)
     assert spool_bytes(small_buffer) == 0
     daemon.start()
     run.finish(timeout=60)
@@ -98,13 +99,9 @@ def test_an_unwritable_spool_loses_nothing_it_does_not_count(
     monkeypatch.setenv("STEPLINE_BUFFER_BYTES", str(64 * 1024))
     monkeypatch.setenv("XDG_STATE_HOME", str(blocker))  # the spool dir cannot be made
     monkeypatch.setenv("STEPLINE_BLOCK_TIMEOUT", "0.001")
-    run = stepline.init(project=P, id="nospool", socket=str(daemon.socket))
-    run.flush()
-    daemon.kill()
     n = 1_500
     with pytest.warns(RuntimeWarning, match="buffer is full"):
-        for i in range(n):
-            run.log({"i": i, "pad": "x" * 200}, step=i)  # 1500 rows: well over 2 x 64 KiB
+        run = log_while_down(daemon, "nospool", n, pad=200)  # well over 2 x 64 KiB
     daemon.start()
     run.finish(timeout=60)  # no seq was burnt: nothing waits on a batch that will never come
     r = stepline.Api(socket=str(daemon.socket)).run(f"{P}/nospool")

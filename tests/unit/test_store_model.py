@@ -502,22 +502,18 @@ class StoreMachine(RuleBasedStateMachine):
 
     def draw_window(
         self, data: st.DataObject, max_keys: int
-    ) -> tuple[Timeline, int, int | None, bool, list[str] | None]:
-        """A live timeline and a read window on it: min, max, include_parent, keys."""
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """A read request on a live timeline (min, max, include_parent, keys), and
+        the rows the model says that window holds."""
         tl = self.live[data.draw(st.sampled_from(sorted(self.live)), "run")]
         top = max(tl.last_step, 0) + 3
         min_step = data.draw(st.integers(0, top), "min_step")
         max_step = data.draw(st.none() | st.integers(0, top), "max_step")
         include_parent = data.draw(st.booleans(), "include_parent")
         keys = data.draw(st.none() | st.lists(st.sampled_from(KEYS), max_size=max_keys), "keys")
-        return tl, min_step, max_step, include_parent, keys
-
-    def scan_window(self, data: st.DataObject) -> None:
-        tl, min_step, max_step, include_parent, keys = self.draw_window(data, max_keys=2)
         msg: dict[str, Any] = {
             "project": P,
             "id": tl.run_id,
-            "limit": 100000,
             "min_step": min_step,
             "include_parent": include_parent,
         }
@@ -525,9 +521,13 @@ class StoreMachine(RuleBasedStateMachine):
             msg["max_step"] = max_step
         if keys is not None:
             msg["keys"] = keys
+        return msg, select(tl.view(min_step, max_step, include_parent), keys)
+
+    def scan_window(self, data: st.DataObject) -> None:
+        msg, want = self.draw_window(data, max_keys=2)
+        msg["limit"] = 100000
         with self.store.env.begin() as txn:
             got = queries.result_of(queries.scan(self.store, txn, msg))
-        want = select(tl.view(min_step, max_step, include_parent), keys)
         assert_same(got["rows"], want, f"scan {msg}")
         assert got["next"] is None
 
@@ -551,20 +551,10 @@ class StoreMachine(RuleBasedStateMachine):
         assert_same(rows, tl.rows, f"paged scan of {tl.run_id!r} (limit {limit})")
 
     def sampled_history(self, data: st.DataObject, samples: int) -> None:
-        tl, min_step, max_step, include_parent, keys = self.draw_window(data, max_keys=1)
-        msg: dict[str, Any] = {
-            "project": P,
-            "id": tl.run_id,
-            "samples": samples,
-            "min_step": min_step,
-            "include_parent": include_parent,
-        }
-        if max_step is not None:
-            msg["max_step"] = max_step
-        if keys is not None:
-            msg["keys"] = keys
+        msg, full = self.draw_window(data, max_keys=1)
+        msg["samples"] = samples
         with self.store.env.begin() as txn:
-            self.check_history(txn, msg, select(tl.view(min_step, max_step, include_parent), keys))
+            self.check_history(txn, msg, full)
 
     def check_history(self, txn: Any, msg: dict[str, Any], full: list[Row]) -> None:
         """``history`` is a deterministic subsample of ``full`` keeping its ends."""

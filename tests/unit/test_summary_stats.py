@@ -70,7 +70,8 @@ def test_view_stats_match_a_fold(
                         continue
                     step = data.draw(st.integers(0, view[-1][0]), label="step")
                     got = store._inherited_stats(txn, rec, step)
-                want = summary.from_rows(r for s, r in view if s <= step)
+                want: summary.Stats = {}
+                summary.update_batch(want, [r for s, r in view if s <= step])
                 assert set(got) == set(want)
                 for k in want:
                     g, w = got[k], want[k]
