@@ -11,17 +11,21 @@ import asyncio
 import contextlib
 import errno
 import fcntl
+import json
 import logging
 import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
 import uvloop
 
+from stepline_daemon.http import Http
+from stepline_daemon.process import INFO_FILE
 from stepline_daemon.server import Hub
 from stepline_daemon.settings import Settings
 from stepline_daemon.store import Store
@@ -72,20 +76,63 @@ def _claim_socket(path: Path) -> None:
     raise StartupError(f"another stepline daemon is already listening on {path}")
 
 
+async def _start_http(settings: Settings, hub: Hub) -> Http | None:
+    if settings.http is None:
+        return None
+    http = Http(hub)
+    host, port = settings.http
+    try:
+        await http.start(host, port)
+    except OSError as exc:
+        await http.stop()
+        if settings.http_required:
+            raise StartupError(f"cannot serve HTTP on {host}:{port}: {exc.strerror}") from None
+        log.warning("dashboard off: cannot serve HTTP on %s:%d: %s", host, port, exc.strerror)
+        return None
+    return http
+
+
+def _write_info(settings: Settings, http: Http | None) -> Path:
+    """``daemon.json`` in the data dir: how to reach this daemon (CLI, tests, demo)."""
+    path = settings.data_dir / INFO_FILE
+    tmp = path.with_suffix(".tmp")
+    info = {
+        "pid": os.getpid(),
+        "socket": str(settings.socket),
+        "http": http.url if http is not None else None,
+        "started": time.time(),
+    }
+    tmp.write_text(json.dumps(info) + "\n")
+    tmp.replace(path)
+    return path
+
+
 async def serve(settings: Settings, store: Store) -> None:
     loop = asyncio.get_running_loop()
     hub = Hub(settings, store, loop)
     hub.writer.start()
+    http = await _start_http(settings, hub)
     server = await loop.create_unix_server(hub.protocol_factory, path=str(settings.socket))
     os.chmod(settings.socket, settings.socket_mode)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    log.info("serving data dir %s on %s (pid %d)", settings.data_dir, settings.socket, os.getpid())
-    print(f"stepline daemon: ready on {settings.socket}", flush=True)
+    info = _write_info(settings, http)
+    url = http.url if http is not None else "off"
+    log.info(
+        "serving data dir %s on %s, HTTP %s (pid %d)",
+        settings.data_dir,
+        settings.socket,
+        url,
+        os.getpid(),
+    )
+    print(f"stepline daemon: ready on {settings.socket}; dashboard {url}", flush=True)
 
     await stop.wait()
 
+    info.unlink(missing_ok=True)
+    if http is not None:
+        await http.stop()
     log.info("shutting down: draining %d connections", len(hub.connections))
     hub.stopping = True
     server.close()

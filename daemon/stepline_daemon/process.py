@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from stepline.channel import listening
+
+INFO_FILE = "daemon.json"  # written by stepline_daemon.main once the daemon serves
 
 START_TIMEOUT = 30.0
 
@@ -18,10 +21,17 @@ START_TIMEOUT = 30.0
 class DaemonProcess:
     """``python -m stepline_daemon`` on a data dir and socket, as a child process."""
 
-    def __init__(self, data_dir: Path, socket: Path, log_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        socket: Path,
+        log_path: Path | None = None,
+        http: str = "127.0.0.1:0",
+    ) -> None:
         self.data_dir = data_dir
         self.socket = socket
         self.log_path = log_path
+        self.http = http  # HOST:PORT or off; port 0 (the default here) picks a free one
         self.proc: subprocess.Popen[bytes] | None = None
 
     def spawn(self, *extra: str) -> subprocess.Popen[bytes]:
@@ -39,6 +49,8 @@ class DaemonProcess:
                     str(self.data_dir),
                     "--socket",
                     str(self.socket),
+                    "--http",
+                    self.http,
                     *extra,
                 ],
                 stdout=out,
@@ -50,19 +62,39 @@ class DaemonProcess:
                 out.close()
 
     def start(self, timeout: float = START_TIMEOUT) -> DaemonProcess:
-        """Start the daemon and return once it accepts connections."""
+        """Start the daemon and return once it serves (its ``daemon.json`` names it)."""
         self.proc = proc = self.spawn()
         deadline = time.monotonic() + timeout
         delay = 0.001
-        while proc.poll() is None and not listening(self.socket):
+        while proc.poll() is None and not self._announced():
             if time.monotonic() > deadline:
                 proc.kill()
-                raise RuntimeError(f"the daemon did not listen on {self.socket} in {timeout}s")
+                raise RuntimeError(f"the daemon did not start serving in {timeout}s")
             time.sleep(delay)  # polling a condition, with a deadline
             delay = min(delay * 2, 0.05)
         if proc.poll() is not None:
             raise RuntimeError(f"the daemon exited with {proc.returncode} at start:\n{self.log()}")
         return self
+
+    def info(self) -> dict[str, Any] | None:
+        """What the running daemon wrote to ``daemon.json``, if it is this one's."""
+        try:
+            info: dict[str, Any] = json.loads((self.data_dir / INFO_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+        if self.proc is None or info.get("pid") != self.proc.pid:
+            return None  # left by an earlier daemon on this data dir
+        return info
+
+    def _announced(self) -> bool:
+        return self.info() is not None and listening(self.socket)
+
+    @property
+    def http_url(self) -> str:
+        info = self.info()
+        if info is None or info["http"] is None:
+            raise RuntimeError("this daemon serves no HTTP")
+        return str(info["http"])
 
     def log(self) -> str:
         if self.log_path is None or not self.log_path.exists():

@@ -10,10 +10,11 @@ gets an error reply and the connection keeps serving.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
@@ -133,10 +134,37 @@ class Hub:
         self.stopping = False
         self.queued_bytes = 0
         self.paused: set[Connection] = set()
+        self.watchers: dict[int, set[asyncio.Event]] = {}
 
-    def _post(self, results: list[tuple[Callable[[dict[str, Any]], None], dict[str, Any]]]) -> None:
+    def _post(
+        self, results: list[tuple[Callable[[dict[str, Any]], None], dict[str, Any]]], runs: set[int]
+    ) -> None:
         # Called on the writer thread: hand the replies to the loop in one hop.
-        self.loop.call_soon_threadsafe(_deliver, results)
+        self.loop.call_soon_threadsafe(self._deliver, results, runs)
+
+    def _deliver(
+        self, results: list[tuple[Callable[[dict[str, Any]], None], dict[str, Any]]], runs: set[int]
+    ) -> None:
+        _deliver(results)
+        for run_no in runs & self.watchers.keys():
+            for event in self.watchers[run_no]:
+                event.set()
+
+    @contextlib.contextmanager
+    def watch(self, run_no: int) -> Iterator[asyncio.Event]:
+        """An event set whenever a commit changes run ``run_no``; for live streams.
+
+        Watch before reading, so nothing committed in between goes unnoticed.
+        """
+        event = asyncio.Event()
+        self.watchers.setdefault(run_no, set()).add(event)
+        try:
+            yield event
+        finally:
+            waiting = self.watchers[run_no]
+            waiting.discard(event)
+            if not waiting:
+                del self.watchers[run_no]
 
     def read(self, op: str, msg: dict[str, Any]) -> Any:
         """Runs on a read-pool thread; prebuilt replies are framed here too, off the loop."""

@@ -16,6 +16,24 @@ from stepline import paths
 from stepline.protocol import MAX_FRAME_SIZE
 
 ENV_PREFIX = "STEPLINE_"
+# The dashboard and JSON API; loopback only (issue: security).
+DEFAULT_HTTP = ("127.0.0.1", 7750)
+_LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def parse_http(value: str) -> tuple[str, int] | None:
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6) or ``off``; port 0 picks a free one."""
+    if value.strip().lower() == "off":
+        return None
+    host, sep, port = value.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"--http must be HOST:PORT or off, got {value!r}")
+    if host not in _LOOPBACK:
+        raise ValueError(
+            f"--http {value}: the HTTP API serves loopback only (127.0.0.1, ::1, localhost)"
+        )
+    return host, int(port)
 
 
 @dataclass(frozen=True)
@@ -36,6 +54,10 @@ class Settings:
     drain_timeout: float = 30.0
     socket_mode: int = 0o600
     log_level: str = "INFO"
+    http: tuple[str, int] | None = DEFAULT_HTTP
+    # Set when --http or STEPLINE_HTTP named the address: failing to bind it is
+    # then fatal; the default address being taken only costs the dashboard.
+    http_required: bool = False
 
     @classmethod
     def from_args(
@@ -46,6 +68,11 @@ class Settings:
         p.add_argument("--socket", help="Unix socket path (env STEPLINE_SOCKET; default XDG)")
         p.add_argument("--map-size", type=int, help="initial LMDB map size in bytes")
         p.add_argument("--read-threads", type=int)
+        p.add_argument(
+            "--http",
+            help="HOST:PORT for the dashboard and JSON API, or off "
+            f"(env STEPLINE_HTTP; default {DEFAULT_HTTP[0]}:{DEFAULT_HTTP[1]})",
+        )
         p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (env STEPLINE_LOG_LEVEL)")
         args = p.parse_args(argv)
 
@@ -60,6 +87,13 @@ class Settings:
             "data_dir": Path(data_dir) if data_dir else paths.default_data_dir(env),
             "socket": Path(sock) if sock else paths.default_socket(env),
         }
+        http = pick(args.http, "http")
+        if http is not None:
+            try:
+                kw["http"] = parse_http(http)
+                kw["http_required"] = True
+            except ValueError as exc:
+                p.error(str(exc))
         level = pick(args.log_level, "log_level")
         if level is not None:
             if level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):

@@ -360,6 +360,56 @@ class Store:
         out.append(last)
         return out if len(out) == samples else None
 
+    def rows_at(
+        self,
+        txn: lmdb.Transaction,
+        segs: list[Segment],
+        min_step: int,
+        max_step: int | None,
+        targets: list[int],
+    ) -> Iterator[tuple[int, bytes]]:
+        """For each target step (ascending), the first row at or after it in the
+        view, each row once: a seek per target, never a walk between them."""
+        bounds = list(self._bounds(segs, min_step, max_step))
+        cur = txn.cursor(db=self.history)
+        seg = 0
+        last = -1
+        for target in targets:
+            while seg < len(bounds) and bounds[seg][2] < target:
+                seg += 1
+            for run_no, lo, hi in bounds[seg:]:
+                if not cur.set_range(hkey(run_no, max(target, lo))):
+                    continue
+                key_run, step = _U64x2.unpack(cur.key())
+                if key_run == run_no and step <= hi:
+                    if step > last:
+                        last = step
+                        yield step, cast(bytes, cur.value())
+                    break
+
+    def edges(
+        self, txn: lmdb.Transaction, segs: list[Segment], min_step: int, max_step: int | None
+    ) -> tuple[int, int] | None:
+        """The first and last step of the view within ``[min_step, max_step)``."""
+        bounds = list(self._bounds(segs, min_step, max_step))
+        cur = txn.cursor(db=self.history)
+        first = None
+        for run_no, lo, hi in bounds:
+            if cur.set_range(hkey(run_no, lo)):
+                key_run, step = _U64x2.unpack(cur.key())
+                if key_run == run_no and step <= hi:
+                    first = step
+                    break
+        if first is None:
+            return None
+        for run_no, lo, hi in reversed(bounds):
+            found = cur.prev() if cur.set_range(hkey(run_no, hi + 1)) else cur.last()
+            if found:
+                key_run, step = _U64x2.unpack(cur.key())
+                if key_run == run_no and step >= lo:
+                    return first, step
+        return None  # unreachable: the first row is in the view
+
     # ----------------------------------------------------------------- writes
 
     def init_run(self, txn: lmdb.Transaction, req: dict[str, Any], client: str) -> dict[str, Any]:
@@ -719,6 +769,53 @@ class Store:
             out["metrics"] = rec["metrics"]
             out["lineage"] = self.lineage(txn, rec)
             out["children"] = self.children_of(txn, rec["run_no"])
+            out["archived"] = self.archived(txn, rec)
+        return out
+
+    def archived(self, txn: lmdb.Transaction, rec: Record) -> list[dict[str, Any]]:
+        """Older timelines of this id that rewinds replaced, newest first; each
+        with the step the newer timeline branched from it at."""
+        out = []
+        parent = rec["parent"]
+        while parent is not None:
+            p = self.record(txn, parent[0])
+            if p["id"] != rec["id"] or p["archived_by"] is None:
+                break
+            out.append(
+                {
+                    "id": p["id"],
+                    "run_no": p["run_no"],
+                    "step": parent[1],
+                    "last_step": p["last_step"],
+                    "state": p["state"],
+                    "created": p["created"],
+                    "updated": p["updated"],
+                }
+            )
+            parent = p["parent"]
+        return out
+
+    def timelines(self, txn: lmdb.Transaction, project: str) -> list[dict[str, Any]]:
+        """Every timeline of a project, archived ones too: the fork forest's nodes."""
+        out = []
+        for value in txn.cursor(db=self.runs).iternext(keys=False, values=True):
+            rec = _unpack(cast(bytes, value))
+            if rec["project"] != project:
+                continue
+            parent = rec["parent"]
+            out.append(
+                {
+                    "id": rec["id"],
+                    "run_no": rec["run_no"],
+                    "name": rec["name"],
+                    "state": rec["state"],
+                    "parent_run_no": None if parent is None else parent[0],
+                    "step": None if parent is None else parent[1],
+                    "archived_by": rec["archived_by"],
+                    "last_step": rec["last_step"],
+                    "created": rec["created"],
+                }
+            )
         return out
 
     def lineage(self, txn: lmdb.Transaction, rec: Record) -> list[dict[str, Any]]:
@@ -764,9 +861,20 @@ class Store:
         return out
 
     def projects(self, txn: lmdb.Transaction) -> list[str]:
-        seen: list[str] = []
+        return [name for name, _ in self.project_counts(txn)]
+
+    def project_exists(self, txn: lmdb.Transaction, project: str) -> bool:
+        prefix = project.encode() + b"\0"
+        cur = txn.cursor(db=self.names)
+        return bool(cur.set_range(prefix)) and cast(bytes, cur.key()).startswith(prefix)
+
+    def project_counts(self, txn: lmdb.Transaction) -> list[tuple[str, int]]:
+        """Each project with how many run ids it holds, in name order."""
+        seen: list[tuple[str, int]] = []
         for key in txn.cursor(db=self.names).iternext(keys=True, values=False):
             project = cast(bytes, key).split(b"\0", 1)[0].decode()
-            if not seen or seen[-1] != project:
-                seen.append(project)
+            if seen and seen[-1][0] == project:
+                seen[-1] = (project, seen[-1][1] + 1)
+            else:
+                seen.append((project, 1))
         return seen

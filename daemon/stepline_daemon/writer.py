@@ -27,7 +27,8 @@ log = logging.getLogger("stepline.writer")
 
 Reply = dict[str, Any]
 ReplyFn = Callable[[Reply], None]
-Post = Callable[[list[tuple[ReplyFn, Reply]]], None]
+# The replies to deliver, and the runs whose records or rows the commit changed.
+Post = Callable[[list[tuple[ReplyFn, Reply]], set[int]], None]
 
 SEQ_OPS = frozenset({"log", "config", "summary", "metric", "finish"})
 
@@ -51,6 +52,16 @@ def error_reply(exc: Error, msg: dict[str, Any]) -> Reply:
         if k in msg:
             out[k] = msg[k]
     return out
+
+
+def _touched(results: list[tuple[WriteRequest, Reply | None]]) -> set[int]:
+    runs = set()
+    for req, reply in results:
+        if req.op in SEQ_OPS or req.op == "disconnect":
+            runs.add(req.msg["run"])
+        elif req.op == "init" and reply is not None and reply.get("op") == "ok":
+            runs.add(reply["result"]["run"])
+    return runs
 
 
 class ResizeGate:
@@ -132,7 +143,9 @@ class Writer:
                     (r, error_reply(DaemonError("internal error in the writer"), r.msg))
                     for r in group
                 ]
-            self._post([(r.reply, reply) for r, reply in results if r.reply and reply])
+            self._post(
+                [(r.reply, reply) for r, reply in results if r.reply and reply], _touched(results)
+            )
 
     def _apply(self, group: list[WriteRequest]) -> list[tuple[WriteRequest, Reply | None]]:
         while True:

@@ -569,6 +569,13 @@ class StoreMachine(RuleBasedStateMachine):
         else:
             assert same(got[0], full[0]) and same(got[-1], full[-1]), f"first/last: {what}"
             assert is_subsequence(got, full), f"not a subsequence: {what}"
+            # Min/max decimation: short windows are read whole, so each key's
+            # extremes survive (the spike a chart must not lose).
+            for k in [k for k in msg.get("keys") or () if k != "_step"]:
+                numbers = [r[k] for r in full if type(r[k]) in (int, float) and r[k] == r[k]]
+                kept = [r[k] for r in got]
+                for extreme in (min(numbers), max(numbers)) if numbers else ():
+                    assert any(same(extreme, v) for v in kept), f"lost {k}={extreme}: {what}"
 
     # ------------------------------------------------------------- invariants
 

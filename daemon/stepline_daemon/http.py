@@ -1,0 +1,363 @@
+"""The HTTP side: JSON API, live streams and the dashboard, on the daemon's loop.
+
+Handlers turn query parameters into the same read requests the socket serves
+and run them in the read pool, rendering JSON or CSV there too: the event loop
+only moves bytes, so a long read never delays a client's ack.
+
+JSON carries NaN and infinities as bare ``NaN``, ``Infinity`` and
+``-Infinity``, as W&B's API does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from stepline.errors import DaemonError, Error, RequestError, RunNotFound
+from stepline_daemon import openapi
+from stepline_daemon.server import Hub
+
+log = logging.getLogger("stepline.http")
+
+STATIC = Path(__file__).parent / "static"
+# Exact history pages: the default and the most rows one JSON reply holds.
+PAGE_ROWS = 10_000
+MAX_PAGE_ROWS = 100_000
+CSV_PAGE_ROWS = 5_000
+# A live stream sends a comment this often so proxies and browsers keep it open.
+KEEPALIVE = 15.0
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), allow_nan=True).encode()
+
+
+def _json(body: bytes, status: int = 200) -> web.Response:
+    return web.Response(body=body, status=status, content_type="application/json")
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    return _json(dumps({"error": {"code": code, "message": message}}), status)
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure as ``{"error": {"code", "message"}}`` with a fitting status."""
+    try:
+        return await handler(request)
+    except RunNotFound as exc:
+        return _error(404, exc.code, exc.message)
+    except RequestError as exc:
+        return _error(400, exc.code, exc.message)
+    except Error as exc:
+        return _error(500, exc.code, exc.message)
+    except web.HTTPException as exc:
+        if exc.status >= 400 and request.path.startswith("/api/"):
+            return _error(exc.status, "not_found" if exc.status == 404 else "http", exc.reason)
+        raise
+    except (ConnectionResetError, asyncio.CancelledError):
+        raise
+    except Exception:
+        log.exception("HTTP %s %s failed", request.method, request.path_qs)
+        return _error(500, DaemonError.code, "internal error")
+
+
+# ------------------------------------------------------------------ parameters
+
+
+def _int_param(request: web.Request, name: str, lo: int, hi: int) -> int | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise RequestError(f"{name} must be an integer, got {raw!r}") from None
+    if not lo <= value <= hi:
+        raise RequestError(f"{name} must be in [{lo}, {hi}], got {value}")
+    return value
+
+
+def _bool_param(request: web.Request, name: str, default: bool) -> bool:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in ("1", "true", "yes"):
+        return True
+    if raw.lower() in ("0", "false", "no"):
+        return False
+    raise RequestError(f"{name} must be true or false, got {raw!r}")
+
+
+def _keys_param(request: web.Request) -> list[str] | None:
+    raw = request.query.get("keys")
+    if raw is None or raw.strip() == "":
+        return None
+    return [k.strip() for k in raw.split(",") if k.strip()]
+
+
+def _run_msg(request: web.Request) -> dict[str, Any]:
+    """The project, id and (for an archived timeline) run_no a URL names."""
+    msg: dict[str, Any] = {
+        "project": request.match_info["project"],
+        "id": request.match_info["run"],
+    }
+    run_no = _int_param(request, "run_no", 0, 2**64 - 1)
+    if run_no is not None:
+        msg["run_no"] = run_no
+    return msg
+
+
+# ------------------------------------------------------------------ rendering
+
+
+def to_columns(rows: list[dict[str, Any]], keys: list[str] | None) -> dict[str, list[Any]]:
+    """Rows as ``{"_step": [...], key: [...]}``, None where a row lacks a key."""
+    if keys is None:
+        names: dict[str, None] = {}
+        for row in rows:
+            names.update(dict.fromkeys(row))
+        keys = list(names)
+    cols: dict[str, list[Any]] = {"_step": [r["_step"] for r in rows]}
+    for k in keys:
+        if k != "_step":
+            cols[k] = [r.get(k) for r in rows]
+    return cols
+
+
+def csv_cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if value is True or value is False:
+        return "true" if value else "false"
+    if type(value) is float and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    return value
+
+
+def csv_text(rows: list[dict[str, Any]], keys: list[str], header: bool) -> bytes:
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    if header:
+        w.writerow(["_step", *keys])
+    for row in rows:
+        w.writerow([row["_step"], *(csv_cell(row.get(k)) for k in keys)])
+    return out.getvalue().encode()
+
+
+def _sse(event: str, data: bytes, event_id: int | None = None) -> bytes:
+    head = f"event: {event}\n" + (f"id: {event_id}\n" if event_id is not None else "")
+    return head.encode() + b"data: " + data + b"\n\n"
+
+
+# ------------------------------------------------------------------ the app
+
+
+class Http:
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.runner: web.AppRunner | None = None
+        self.url: str | None = None
+        self._streams: set[asyncio.Task[Any]] = set()
+
+    async def _read(self, op: str, msg: dict[str, Any], render: Callable[[Any], Any] = dumps) -> Any:
+        """A read and its rendering, both on a read-pool thread."""
+        hub = self.hub
+        return await hub.loop.run_in_executor(hub.reads, lambda: render(hub.read(op, msg)))
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[_errors])
+        r = app.router
+        r.add_get("/api/openapi.json", self.spec)
+        r.add_get("/api/projects", self.projects)
+        r.add_get("/api/projects/{project}/runs", self.runs)
+        r.add_get("/api/projects/{project}/tree", self.tree)
+        r.add_get("/api/projects/{project}/runs/{run}", self.run)
+        r.add_get("/api/projects/{project}/runs/{run}/history", self.history)
+        r.add_get("/api/projects/{project}/runs/{run}/stream", self.stream)
+        r.add_get("/", self.index)
+        if STATIC.is_dir():
+            r.add_static("/static", STATIC)
+        return app
+
+    async def start(self, host: str, port: int) -> str:
+        self.runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=2.0)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, host, port)
+        await site.start()
+        bound = self.runner.addresses[0]
+        shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+        self.url = f"http://{shown}:{bound[1]}"
+        return self.url
+
+    async def stop(self) -> None:
+        for task in list(self._streams):
+            task.cancel()
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+    # ------------------------------------------------------------- handlers
+
+    async def spec(self, request: web.Request) -> web.Response:
+        return _json(dumps(openapi.SPEC))
+
+    async def projects(self, request: web.Request) -> web.Response:
+        return _json(await self._read("projects", {}))
+
+    async def runs(self, request: web.Request) -> web.Response:
+        return _json(await self._read("project_runs", {"project": request.match_info["project"]}))
+
+    async def tree(self, request: web.Request) -> web.Response:
+        return _json(await self._read("tree", {"project": request.match_info["project"]}))
+
+    async def run(self, request: web.Request) -> web.Response:
+        return _json(await self._read("info", _run_msg(request)))
+
+    async def history(self, request: web.Request) -> web.StreamResponse:
+        msg = _run_msg(request)
+        keys = _keys_param(request)
+        fmt = request.query.get("format", "json")
+        if fmt not in ("json", "columns", "csv"):
+            raise RequestError(f"format must be json, columns or csv, got {fmt!r}")
+        for name, hi in (("min_step", 2**63 - 1), ("max_step", 2**63)):
+            value = _int_param(request, name, 0, hi)
+            if value is not None:
+                msg[name] = value
+        msg["include_parent"] = _bool_param(request, "include_parent", True)
+        msg["match"] = "any"  # a chart wants every row holding any of its keys
+        if keys is not None:
+            msg["keys"] = keys
+        samples = _int_param(request, "samples", 2, 100_000)
+        if fmt == "csv":
+            if samples is not None:
+                msg["samples"] = samples
+            return await self._csv(request, msg, keys)
+
+        def render(result: dict[str, Any]) -> bytes:
+            rows = result["rows"]
+            nxt = result.get("next")
+            if fmt == "columns":
+                return dumps({**to_columns(rows, keys), "next": nxt})
+            return dumps({"rows": rows, "next": nxt})
+
+        if samples is not None:
+            return _json(await self._read("history", {**msg, "samples": samples}, render))
+        limit = _int_param(request, "limit", 1, MAX_PAGE_ROWS) or PAGE_ROWS
+        return _json(await self._read("page", {**msg, "limit": limit}, render))
+
+    async def _csv(
+        self, request: web.Request, msg: dict[str, Any], keys: list[str] | None
+    ) -> web.StreamResponse:
+        """The whole (or sampled) history as CSV, a page at a time."""
+        columns: list[str] = (
+            [k for k in keys if k != "_step"]
+            if keys is not None
+            else await self._read("keys", msg, lambda r: r["keys"])
+        )
+        if "samples" in msg:
+            first = await self._read("history", msg, lambda r: csv_text(r["rows"], columns, True))
+            pages: list[bytes] | None = [first]
+        else:
+            pages = None
+        resp = web.StreamResponse(
+            headers={
+                "Content-Type": "text/csv; charset=utf-8",
+                "Content-Disposition": f'attachment; filename="{msg["id"]}.csv"',
+            }
+        )
+        await resp.prepare(request)
+        if pages is not None:
+            await resp.write(pages[0])
+        else:
+            page = {**msg, "limit": CSV_PAGE_ROWS}
+            header = True
+            while True:
+
+                def render(result: dict[str, Any], header: bool = header) -> tuple[bytes, Any]:
+                    return csv_text(result["rows"], columns, header), result["next"]
+
+                text, nxt = await self._read("page", page, render)
+                await resp.write(text)
+                header = False
+                if nxt is None:
+                    break
+                page["min_step"] = nxt
+        await resp.write_eof()
+        return resp
+
+    async def stream(self, request: web.Request) -> web.StreamResponse:
+        """New rows of one timeline as Server-Sent Events, as they commit.
+
+        ``after`` (or the ``Last-Event-ID`` a reconnecting browser sends) is the
+        last step the caller has; by default, the run's last step when the stream
+        opens: only rows committed later are sent.
+        """
+        msg = _run_msg(request)
+        keys = _keys_param(request)
+        state = await self._read("state", msg, lambda r: r)
+        after = _int_param(request, "after", -1, 2**63 - 1)
+        last_id = request.headers.get("Last-Event-ID", "")
+        if after is None and last_id.lstrip("-").isdigit():
+            after = int(last_id)
+        if after is None:
+            after = state["last_step"]
+        base = {"project": msg["project"], "run_no": state["run_no"], "match": "any"}
+        if keys is not None:
+            base["keys"] = keys
+        resp = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",
+            }
+        )
+        await resp.prepare(request)
+        task = asyncio.current_task()
+        assert task is not None
+        self._streams.add(task)
+        try:
+            await resp.write(_sse("state", dumps(state)))
+            with self.hub.watch(state["run_no"]) as changed:
+                while True:
+                    changed.clear()  # before reading: a commit during the read re-arms it
+                    page = {**base, "min_step": after + 1, "limit": CSV_PAGE_ROWS}
+                    result = await self._read("page", page, lambda r: r)
+                    if result["rows"]:
+                        after = result["rows"][-1]["_step"]
+                        await resp.write(_sse("rows", dumps({"rows": result["rows"]}), after))
+                    if result["next"] is not None:
+                        after = result["next"] - 1
+                        continue
+                    now = await self._read("state", base, lambda r: r)
+                    if now != state:
+                        state = now
+                        await resp.write(_sse("state", dumps(state)))
+                    try:
+                        await asyncio.wait_for(changed.wait(), KEEPALIVE)
+                    except TimeoutError:
+                        await resp.write(b": keepalive\n\n")
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass  # the browser went away, or the daemon is stopping
+        finally:
+            self._streams.discard(task)
+        return resp
+
+    async def index(self, request: web.Request) -> web.StreamResponse:
+        page = STATIC / "index.html"
+        if not page.is_file():
+            return web.Response(
+                text="stepline: the dashboard's files are not installed; the JSON API is at /api/",
+                status=404,
+            )
+        return web.FileResponse(page)
