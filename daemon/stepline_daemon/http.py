@@ -171,7 +171,9 @@ class Http:
         self.url: str | None = None
         self._streams: set[asyncio.Task[Any]] = set()
 
-    async def _read(self, op: str, msg: dict[str, Any], render: Callable[[Any], Any] = dumps) -> Any:
+    async def _read(
+        self, op: str, msg: dict[str, Any], render: Callable[[Any], Any] = dumps
+    ) -> Any:
         """A read and its rendering, both on a read-pool thread."""
         hub = self.hub
         return await hub.loop.run_in_executor(hub.reads, lambda: render(hub.read(op, msg)))
