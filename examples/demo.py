@@ -2,25 +2,41 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 import train
 
 import stepline
-from stepline import paths
+from stepline import autostart, paths
 from stepline.channel import listening
-from stepline_daemon.process import DaemonProcess
+from stepline_daemon.process import INFO_FILE
 
 
-def start_daemon(sock: Path, data: Path) -> DaemonProcess | None:
+def start_daemon(sock: Path, data: Path) -> dict[str, Any]:
+    """A daemon on the default data dir that outlives the demo, so the dashboard
+    stays up to look at; what its ``daemon.json`` says about it."""
     if listening(sock):
         print(f"using the daemon already listening on {sock}")
-        return None
-    return DaemonProcess(data, sock).start()
+    else:
+        autostart.ensure_daemon(
+            sock, timeout=30, env={**os.environ, "STEPLINE_DATA_DIR": str(data)}
+        )
+    info_file = data / INFO_FILE
+    deadline = time.monotonic() + 30
+    while not info_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)  # polling for the file the daemon writes once it serves
+    try:
+        info: dict[str, Any] = json.loads(info_file.read_text())
+    except (OSError, ValueError):
+        return {}
+    return info
 
 
 def show(api: stepline.Api, project: str, run_id: str) -> None:
@@ -43,24 +59,26 @@ def show(api: stepline.Api, project: str, run_id: str) -> None:
 def main() -> None:
     sock = paths.resolve_socket(None)
     data = Path(os.environ.get("STEPLINE_DATA_DIR") or paths.default_data_dir())
-    proc = start_daemon(sock, data)
-    try:
-        ids = train.main("demo")
-        api = stepline.Api()
-        print("\n== resolved histories (fork-resolved, downsampled to 7 rows) ==")
-        show(api, "demo", ids["base"])
-        show(api, "demo", ids["fork"])
-        api.close()
-        print(f"\ndata dir: {data}\nsocket:   {sock}")
+    info = start_daemon(sock, data)
+    ids = train.main("demo")
+    api = stepline.Api()
+    print("\n== resolved histories (fork-resolved, min/max-downsampled to at most 7 rows) ==")
+    show(api, "demo", ids["base"])
+    show(api, "demo", ids["fork"])
+    api.close()
+    cli = ".venv/bin/stepline"
+    print(f"\ndata dir:  {data}\nsocket:    {sock}")
+    if info.get("http"):
         print(
-            f"read it back: python -c \"import stepline; print(stepline.Api().run('demo/{ids['base']}').summary)\""
+            f"dashboard: {info['http']}/#/p/demo  (the fork: {info['http']}/#/p/demo/r/{ids['fork']})"
         )
+    print(f"terminal:  {cli} runs --project demo")
+    print(f"           {cli} tree demo/{ids['fork']}")
+    print(f"           {cli} history demo/{ids['base']} --keys train.loss --samples 10")
+    if info.get("pid"):
         print(
-            "(start a daemon with `.venv/bin/stepline daemon` first when the demo is not running)"
+            f"the daemon keeps running for the dashboard (pid {info['pid']}); stop it: kill {info['pid']}"
         )
-    finally:
-        if proc is not None:
-            print(f"daemon stopped cleanly (exit code {proc.stop()})")
 
 
 if __name__ == "__main__":
