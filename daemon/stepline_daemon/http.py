@@ -35,6 +35,8 @@ MAX_PAGE_ROWS = 100_000
 CSV_PAGE_ROWS = 5_000
 # A live stream sends a comment this often so proxies and browsers keep it open.
 KEEPALIVE = 15.0
+# The least time between two reads for one live stream.
+STREAM_COALESCE = 0.1
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -349,6 +351,10 @@ class Http:
                         await asyncio.wait_for(changed.wait(), KEEPALIVE)
                     except TimeoutError:
                         await resp.write(b": keepalive\n\n")
+                        continue
+                    # Under load a run commits every few ms: gather those commits
+                    # into one read, so live viewers cost ingest little.
+                    await asyncio.sleep(STREAM_COALESCE)
         except (ConnectionResetError, asyncio.CancelledError):
             pass  # the browser went away, or the daemon is stopping
         finally:

@@ -337,3 +337,14 @@ def test_nan_json_parses_in_python_like_w_and_b(family: Daemon) -> None:
     run.finish()
     rows = ok(family, f"/api/projects/{P}/runs/n/history")["rows"]
     assert math.isnan(rows[0]["v"])
+
+
+def test_sigterm_with_a_stream_open_stops_cleanly(family: Daemon) -> None:
+    host, port = urllib.parse.urlsplit(family.http_url).netloc.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn.request("GET", f"/api/projects/{P}/runs/kid/stream")
+    events = _events(conn.getresponse())
+    assert next(events)[0] == "state"
+    assert family.stop(timeout=20) == 0  # the fixture checks the log for tracebacks
+    assert list(events) == [], "the stream ends when the daemon stops"
+    conn.close()
