@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import json
@@ -24,6 +25,7 @@ from typing import IO
 
 import uvloop
 
+from stepline_daemon import sdnotify
 from stepline_daemon.http import Http
 from stepline_daemon.process import INFO_FILE
 from stepline_daemon.server import Hub
@@ -107,29 +109,65 @@ def _write_info(settings: Settings, http: Http | None) -> Path:
     return path
 
 
-async def serve(settings: Settings, store: Store) -> None:
+def _status(hub: Hub) -> str:
+    m = hub.writer.metrics
+    return (
+        f"STATUS={m.rate():,.0f} rows/s, {m.rows:,} rows since start, "
+        f"{len(hub.connections)} clients"
+    )
+
+
+async def _heartbeat(hub: Hub, notifier: sdnotify.Notifier, watchdog: float | None) -> None:
+    """``WATCHDOG=1`` at half systemd's interval, only while the writer is healthy
+    (a wedged writer with a live event loop must still get the daemon restarted),
+    and ``STATUS=`` with throughput."""
+    period = watchdog / 2 if watchdog else 10.0
+    while True:
+        await asyncio.sleep(period)
+        fields = [_status(hub)]
+        if watchdog:
+            if hub.writer.healthy(stuck_after=watchdog / 2):
+                fields.append("WATCHDOG=1")
+            else:
+                log.error("writer thread unhealthy: withholding the watchdog ping")
+        notifier.notify(*fields)
+
+
+async def serve(settings: Settings, store: Store, listener: socket.socket | None = None) -> None:
     loop = asyncio.get_running_loop()
     hub = Hub(settings, store, loop)
+    notifier = sdnotify.Notifier(settings.notify_socket)
     hub.writer.start()
     http = await _start_http(settings, hub)
-    server = await loop.create_unix_server(hub.protocol_factory, path=str(settings.socket))
-    os.chmod(settings.socket, settings.socket_mode)
+    if listener is not None:  # socket activation: systemd made it and set its mode
+        server = await loop.create_unix_server(hub.protocol_factory, sock=listener)
+    else:
+        server = await loop.create_unix_server(hub.protocol_factory, path=str(settings.socket))
+        os.chmod(settings.socket, settings.socket_mode)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     info = _write_info(settings, http)
     url = http.url if http is not None else "off"
     log.info(
-        "serving data dir %s on %s, HTTP %s (pid %d)",
+        "serving data dir %s on %s%s, HTTP %s (pid %d)",
         settings.data_dir,
         settings.socket,
+        " (socket-activated)" if listener is not None else "",
         url,
         os.getpid(),
     )
     print(f"stepline daemon: ready on {settings.socket}; dashboard {url}", flush=True)
+    notifier.notify("READY=1", f"MAINPID={os.getpid()}", _status(hub))
+    heartbeat = (
+        loop.create_task(_heartbeat(hub, notifier, settings.watchdog)) if notifier.enabled else None
+    )
 
     await stop.wait()
 
+    notifier.notify("STOPPING=1", "STATUS=draining and committing")
+    if heartbeat is not None:
+        heartbeat.cancel()
     info.unlink(missing_ok=True)
     if http is not None:
         await http.stop()
@@ -153,21 +191,38 @@ async def serve(settings: Settings, store: Store) -> None:
         await asyncio.wait(losses, timeout=5)
     hub.writer.stop(timeout=settings.drain_timeout)
     hub.reads.shutdown(wait=True, cancel_futures=True)
+    notifier.close()
+
+
+def _inherited(settings: Settings) -> tuple[Settings, socket.socket | None]:
+    """The listening socket systemd passed, with settings naming its real path."""
+    if settings.listen_fd is None:
+        return settings, None
+    sock = socket.socket(fileno=settings.listen_fd)
+    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+        raise StartupError("the socket systemd passed is not a Unix stream socket (ListenStream=)")
+    sock.setblocking(False)
+    name = sock.getsockname()
+    path = Path(name) if isinstance(name, str) and name else settings.socket
+    return dataclasses.replace(settings, socket=path), sock
 
 
 def run(settings: Settings) -> int:
     try:
+        settings, listener = _inherited(settings)
         with _claim_data_dir(settings.data_dir):
-            _claim_socket(settings.socket)
+            if listener is None:
+                _claim_socket(settings.socket)
             store = Store(settings.data_dir, settings.map_size)
             orphans = store.crash_orphans()
             if orphans:
                 log.info("marked %d runs left running by a previous daemon as crashed", orphans)
             try:
-                uvloop.run(serve(settings, store))
+                uvloop.run(serve(settings, store, listener))
             finally:
                 store.close()
-                settings.socket.unlink(missing_ok=True)
+                if listener is None:  # an activated socket is systemd's to remove
+                    settings.socket.unlink(missing_ok=True)
     except StartupError as exc:
         print(f"stepline daemon: {exc}", file=sys.stderr)
         return 1

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from stepline import paths
 from stepline.protocol import MAX_FRAME_SIZE
+from stepline_daemon import sdnotify
 
 ENV_PREFIX = "STEPLINE_"
 # The dashboard and JSON API; loopback only (issue: security).
@@ -58,6 +59,11 @@ class Settings:
     # Set when --http or STEPLINE_HTTP named the address: failing to bind it is
     # then fatal; the default address being taken only costs the dashboard.
     http_required: bool = False
+    # From systemd, when it started us: where sd_notify messages go, how often
+    # it wants a watchdog ping (seconds), and an inherited listening socket.
+    notify_socket: str | None = None
+    watchdog: float | None = None
+    listen_fd: int | None = None
 
     @classmethod
     def from_args(
@@ -99,6 +105,12 @@ class Settings:
             if level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
                 p.error(f"log level must be DEBUG, INFO, WARNING or ERROR, got {level!r}")
             kw["log_level"] = level.upper()
+        kw["notify_socket"] = env.get("NOTIFY_SOCKET") or None
+        kw["watchdog"] = sdnotify.watchdog_interval(env, os.getpid())
+        fds = sdnotify.listen_fds(env, os.getpid())
+        if len(fds) > 1:
+            p.error(f"systemd passed {len(fds)} sockets; stepline listens on one (ListenStream=)")
+        kw["listen_fd"] = fds[0] if fds else None
         for name, flag in (("map_size", args.map_size), ("read_threads", args.read_threads)):
             raw = pick(flag, name)
             if raw is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ import lmdb
 
 from stepline.errors import DaemonError, Error, RequestError, SeqGap, StorageFull
 from stepline.rows import Chunks
+from stepline_daemon.metrics import Metrics
 from stepline_daemon.store import Row, Store
 
 log = logging.getLogger("stepline.writer")
@@ -102,15 +104,36 @@ class ResizeGate:
 
 
 class Writer:
-    def __init__(self, store: Store, post: Post, gate: ResizeGate, max_group: int) -> None:
+    def __init__(
+        self,
+        store: Store,
+        post: Post,
+        gate: ResizeGate,
+        max_group: int,
+        metrics: Metrics | None = None,
+    ) -> None:
         self._store = store
         self._post = post
         self._gate = gate
         self._max_group = max_group
+        self.metrics = metrics if metrics is not None else Metrics()
         self._queue: collections.deque[WriteRequest] = collections.deque()
         self._cv = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="stepline-writer", daemon=True)
+        # When the group being applied started; None while waiting for work.
+        self._busy_since: float | None = None
+        self._rows_in_txn = 0
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def healthy(self, stuck_after: float) -> bool:
+        """Alive, and not inside one group for ``stuck_after`` seconds or more:
+        what the systemd watchdog vouches for."""
+        busy = self._busy_since
+        return self._thread.is_alive() and (busy is None or time.monotonic() - busy < stuck_after)
 
     def start(self) -> None:
         self._thread.start()
@@ -135,6 +158,7 @@ class Writer:
                     return
                 n = min(len(self._queue), self._max_group)
                 group = [self._queue.popleft() for _ in range(n)]
+            self._busy_since = time.monotonic()
             try:
                 results = self._apply(group)
             except BaseException:  # never die silently: fail the group, keep serving
@@ -143,6 +167,11 @@ class Writer:
                     (r, error_reply(DaemonError("internal error in the writer"), r.msg))
                     for r in group
                 ]
+            finally:
+                self._busy_since = None
+            for _, reply in results:
+                if reply is not None and reply.get("op") == "error":
+                    self.metrics.refused(reply["code"])
             self._post(
                 [(r.reply, reply) for r, reply in results if r.reply and reply], _touched(results)
             )
@@ -177,6 +206,8 @@ class Writer:
     def _commit(self, group: list[WriteRequest]) -> list[tuple[WriteRequest, Reply | None]]:
         store = self._store
         results: list[tuple[WriteRequest, Reply | None]] = []
+        began = time.perf_counter()
+        self._rows_in_txn = 0
         txn = store.env.begin(write=True)
         try:
             for req in group:
@@ -188,6 +219,8 @@ class Writer:
         except BaseException:
             txn.abort()
             raise
+        applied = sum(1 for _, reply in results if reply is not None and reply.get("op") != "error")
+        self.metrics.committed(time.perf_counter() - began, self._rows_in_txn, applied)
         return results
 
     def _apply_one(self, txn: lmdb.Transaction, req: WriteRequest) -> Reply | None:
@@ -206,6 +239,7 @@ class Writer:
                     raise req.refusal
                 if req.op == "log":
                     store.append(txn, run, req.rows, req.client, seq, req.packed, req.chunks)
+                    self._rows_in_txn += len(req.rows)
                 else:
                     store.update_run(txn, req.op, msg, req.client, seq)
             except RequestError:
