@@ -50,6 +50,11 @@ class Api:
                 self._chan.close()
                 self._chan = None
 
+    def status(self) -> dict[str, Any]:
+        """The daemon's own report: pid, version, uptime, clients, rows, errors."""
+        result: dict[str, Any] = self._call({"op": "status"})
+        return result
+
     def projects(self) -> list[str]:
         out: list[str] = self._call({"op": "runs"})["projects"]
         return out

@@ -16,6 +16,7 @@ import io
 import json
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -190,6 +191,7 @@ class Http:
         r.add_get("/api/projects/{project}/runs/{run}", self.run)
         r.add_get("/api/projects/{project}/runs/{run}/history", self.history)
         r.add_get("/api/projects/{project}/runs/{run}/stream", self.stream)
+        r.add_get("/metrics", self.metrics)
         r.add_get("/", self.index)
         if STATIC.is_dir():
             r.add_static("/static", STATIC)
@@ -360,6 +362,35 @@ class Http:
         finally:
             self._streams.discard(task)
         return resp
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        """Prometheus text format: counters from the writer, gauges from the hub."""
+        hub = self.hub
+        info = hub.store.env.info()
+        stat = hub.store.env.stat()
+        gauges = {
+            "clients": ("Connected socket clients.", len(hub.connections)),
+            "queued_requests": ("Write requests waiting for the writer.", hub.writer.queued),
+            "queued_bytes": ("Frame bytes queued for the writer.", hub.queued_bytes),
+            "live_streams": ("Open HTTP live streams.", len(self._streams)),
+            "lmdb_map_bytes": ("LMDB map size.", info["map_size"]),
+            "lmdb_used_bytes": (
+                "LMDB pages in use, in bytes.",
+                (info["last_pgno"] + 1) * stat["psize"],
+            ),
+            "writer_healthy": (
+                "1 while the writer thread is alive and not stuck.",
+                0 + hub.writer.healthy(30.0),
+            ),
+            "uptime_seconds": (
+                "Seconds since the daemon started.",
+                time.time() - hub.writer.metrics.started,
+            ),
+        }
+        return web.Response(
+            body=hub.writer.metrics.render(gauges).encode(),
+            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+        )
 
     async def index(self, request: web.Request) -> web.StreamResponse:
         page = STATIC / "index.html"

@@ -139,6 +139,7 @@ async def serve(settings: Settings, store: Store, listener: socket.socket | None
     notifier = sdnotify.Notifier(settings.notify_socket)
     hub.writer.start()
     http = await _start_http(settings, hub)
+    hub.http_url = http.url if http is not None else None
     if listener is not None:  # socket activation: systemd made it and set its mode
         server = await loop.create_unix_server(hub.protocol_factory, sock=listener)
     else:

@@ -14,13 +14,17 @@ import contextlib
 import itertools
 import logging
 import operator
+import os
+import socket
+import struct
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
 import msgpack
 
-from stepline import protocol
+from stepline import __version__, protocol
 from stepline.errors import DaemonError, Error, ProtocolError, RequestError, StepOrderError
 from stepline.rows import STEP_MAX, Chunks, check_rows, check_step, chunks_of
 from stepline_daemon import queries
@@ -120,6 +124,20 @@ def _decode_values(raw: list[Any]) -> tuple[list[Any], list[bytes] | None]:
     return values, raw if _BYTES.issuperset(map(type, raw)) else None
 
 
+_PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+HOST = socket.gethostname()
+
+
+def peer_credentials(sock: Any) -> dict[str, Any] | None:
+    """The connecting process as the kernel saw it at connect time."""
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+    except (OSError, AttributeError):
+        return None
+    pid, uid, gid = _PEERCRED.unpack(raw)
+    return {"uid": uid, "gid": gid, "pid": pid, "host": HOST}
+
+
 class Hub:
     """What every connection shares: store, writer, read pool, live connections."""
 
@@ -135,6 +153,7 @@ class Hub:
         self.queued_bytes = 0
         self.paused: set[Connection] = set()
         self.watchers: dict[int, set[asyncio.Event]] = {}
+        self.http_url: str | None = None  # set once HTTP serves
 
     def _post(
         self, results: list[tuple[Callable[[dict[str, Any]], None], dict[str, Any]]], runs: set[int]
@@ -165,6 +184,28 @@ class Hub:
             waiting.discard(event)
             if not waiting:
                 del self.watchers[run_no]
+
+    def status(self) -> dict[str, Any]:
+        """What ``stepline status`` shows: cheap, answered on the loop."""
+        m = self.writer.metrics
+        return {
+            "pid": os.getpid(),
+            "version": __version__,
+            "protocol": protocol.PROTOCOL_VERSION,
+            "started": m.started,
+            "uptime": time.time() - m.started,
+            "data_dir": str(self.settings.data_dir),
+            "socket": str(self.settings.socket),
+            "http": self.http_url,
+            "clients": len(self.connections),
+            "queued_requests": self.writer.queued,
+            "queued_bytes": self.queued_bytes,
+            "rows": m.rows,
+            "batches": m.batches,
+            "commits": m.commits,
+            "errors": dict(m.errors),
+            "writer_healthy": self.writer.healthy(stuck_after=30.0),
+        }
 
     def read(self, op: str, msg: dict[str, Any]) -> Any:
         """Runs on a read-pool thread; prebuilt replies are framed here too, off the loop."""
@@ -231,6 +272,7 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.client: str | None = None
         self.owned: set[int] = set()
+        self.peer: dict[str, Any] | None = None
         self.paused = False
         self.closed = False
         self.lost: asyncio.Future[None] = hub.loop.create_future()
@@ -275,6 +317,7 @@ class Connection(asyncio.Protocol):
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
         self.hub.connections.add(self)
+        self.peer = peer_credentials(transport.get_extra_info("socket"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -350,9 +393,13 @@ class Connection(asyncio.Protocol):
             self.hub.loop.create_task(self._stream(msg))
         elif op in queries.READS:
             self._read(op, msg)
+        elif op == "status":
+            self.send({"op": "ok", "rid": msg.get("rid"), "result": self.hub.status()})
         elif op in SEQ_OPS or op == "init":
             if self.client is None:
                 raise RequestError(f"{op}: send hello first")
+            if op == "init":
+                msg["peer"] = self.peer  # the kernel's word, never the client's
             cost = self.decoder.last_size
             req = WriteRequest(op, msg, self.client, lambda r: self._on_write_reply(r, cost))
             if op in SEQ_OPS:

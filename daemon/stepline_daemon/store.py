@@ -436,6 +436,8 @@ class Store:
             "tags": tags,
             "client": client,
             "now": now,
+            # Who asked, as the kernel saw it (SO_PEERCRED), set by the server.
+            "peer": _check_map(req.get("peer"), "peer") or None,
         }
 
         if fork_from is not None:
@@ -494,6 +496,7 @@ class Store:
                 if tags:
                     existing["tags"] = tags
                 existing["client"] = client
+                existing["peer"] = common["peer"]
                 existing["updated"] = now
                 self._put_record(txn, existing)
                 return self._reply(existing, "resume")
@@ -525,6 +528,7 @@ class Store:
         tags: list[str],
         client: str,
         now: float,
+        peer: dict[str, Any] | None,
     ) -> Record:
         return {
             "run_no": self._next_run_no(txn),
@@ -544,6 +548,7 @@ class Store:
             "parent": parent,
             "archived_by": None,
             "client": client,
+            "peer": peer,
             "exit_code": None,
             "created": now,
             "updated": now,
@@ -765,6 +770,7 @@ class Store:
             out["parent"] = {"id": p["id"], "run_no": p["run_no"], "step": parent[1]}
         if full:
             out["client"] = rec["client"]  # who created (or last resumed) it
+            out["peer"] = rec.get("peer")  # uid, gid, pid, host of that process
             out["config"] = rec["config"]
             out["metrics"] = rec["metrics"]
             out["lineage"] = self.lineage(txn, rec)

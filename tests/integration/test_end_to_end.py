@@ -19,6 +19,7 @@ import pytest
 import stepline
 from stepline import protocol
 from tests.conftest import Daemon, wait_for
+from tests.wire import greeted, raw_conn, read_replies
 
 P = "proj"
 
@@ -338,33 +339,6 @@ def test_refused_init_cases(daemon: Daemon) -> None:
         api(daemon).run(f"{P}/ghost")
 
 
-def _raw(d: Daemon) -> socket.socket:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(10)
-    s.connect(str(d.socket))
-    return s
-
-
-def _greeted(d: Daemon, client: str) -> socket.socket:
-    """A raw connection that has said hello as ``client``."""
-    s = _raw(d)
-    s.sendall(protocol.encode({"op": "hello", "client": client}))
-    assert _replies(s, 1)[0]["op"] == "welcome"
-    return s
-
-
-def _replies(s: socket.socket, n: int) -> list[dict[str, Any]]:
-    dec = protocol.Decoder()
-    out: list[dict[str, Any]] = []
-    while len(out) < n:
-        data = s.recv(65536)
-        if not data:
-            break
-        dec.feed(data)
-        out.extend(dec.messages())
-    return out
-
-
 def test_garbage_bytes_leave_the_daemon_serving(daemon: Daemon) -> None:
     good = init(daemon, id="good")
     good.log({"a": 0})
@@ -377,10 +351,10 @@ def test_garbage_bytes_leave_the_daemon_serving(daemon: Daemon) -> None:
         struct.pack(">I", 1) + b"\x05",  # msgpack, but not a map
     ]
     for blob in garbage:
-        s = _raw(daemon)
+        s = raw_conn(daemon)
         s.sendall(blob)
         s.shutdown(socket.SHUT_WR)
-        replies = _replies(s, 1)
+        replies = read_replies(s, 1)
         s.close()
         if replies:
             assert replies[0]["op"] == "error"
@@ -397,7 +371,7 @@ def test_bad_requests_get_typed_errors_and_store_nothing(daemon: Daemon) -> None
     run.flush()
     run_no = run._run_no
 
-    s = _greeted(daemon, "raw-client")
+    s = greeted(daemon, "raw-client")
     # Refusals of well-addressed batches still use up their seq, in order (1-8).
     bad: dict[str, dict[str, Any]] = {
         "step_order": {"seq": 1, "rows": [[5, {"a": 1}], [6, {"a": 2}], [4, {"a": 3}]]},
@@ -419,7 +393,7 @@ def test_bad_requests_get_typed_errors_and_store_nothing(daemon: Daemon) -> None
     for name, fields in bad.items():
         msg = {"op": "log", "run": run_no, "rows": [[7, {"a": 1}]], "rid": name}
         s.sendall(protocol.encode({**msg, **fields}))
-    replies = {r["rid"]: r for r in _replies(s, len(bad))}
+    replies = {r["rid"]: r for r in read_replies(s, len(bad))}
     assert set(replies) == set(bad)
     assert all(r["op"] == "error" and r["message"] for r in replies.values())
     codes = {name: r["code"] for name, r in replies.items()}
@@ -433,10 +407,10 @@ def test_bad_requests_get_typed_errors_and_store_nothing(daemon: Daemon) -> None
     seq = 9
     # The connection still works after refusals.
     s.sendall(protocol.encode({"op": "log", "run": run_no, "seq": seq, "rows": [[8, {"a": 8}]]}))
-    assert _replies(s, 1)[0] == {"op": "ack", "run": run_no, "seq": seq}
+    assert read_replies(s, 1)[0] == {"op": "ack", "run": run_no, "seq": seq}
     # A resent batch is acknowledged and not applied twice.
     s.sendall(protocol.encode({"op": "log", "run": run_no, "seq": seq, "rows": [[9, {"a": 9}]]}))
-    assert _replies(s, 1)[0] == {"op": "ack", "run": run_no, "seq": seq}
+    assert read_replies(s, 1)[0] == {"op": "ack", "run": run_no, "seq": seq}
     s.close()
     run.finish()
     rows = list(api(daemon).run(f"{P}/target").scan_history())
@@ -563,7 +537,7 @@ def test_packed_row_values_are_checked_then_stored_as_sent(daemon: Daemon) -> No
     run = init(daemon, id="packed")
     run.log({"a": 0})
     run.flush()
-    s = _greeted(daemon, "packer")
+    s = greeted(daemon, "packer")
     bad = {
         "not_a_map": b"\x05",
         "trailing": msgpack.packb({"a": 1}) + b"\x00",
@@ -574,12 +548,12 @@ def test_packed_row_values_are_checked_then_stored_as_sent(daemon: Daemon) -> No
     for seq, (name, blob) in enumerate(bad.items(), start=1):
         msg = {"op": "log", "run": run._run_no, "seq": seq, "rid": name, "rows": [[5, blob]]}
         s.sendall(protocol.encode(msg))
-    replies = {r["rid"]: r for r in _replies(s, len(bad))}
+    replies = {r["rid"]: r for r in read_replies(s, len(bad))}
     assert {n: r["code"] for n, r in replies.items()} == dict.fromkeys(bad, "bad_request")
     assert "key 1" in replies["int_key"]["message"]
     good = msgpack.packb({"a": 6.5, "s": "x"})
     s.sendall(protocol.encode_log(run._run_no, len(bad) + 1, [6], [good]))
-    assert _replies(s, 1)[0]["op"] == "ack"
+    assert read_replies(s, 1)[0]["op"] == "ack"
     s.close()
     run.finish()
     rows = list(api(daemon).run(f"{P}/packed").scan_history())
@@ -590,7 +564,7 @@ def test_column_batches_with_bad_steps_are_refused_whole(daemon: Daemon) -> None
     run = init(daemon, id="columns")
     run.log({"a": 0})
     run.flush()
-    s = _greeted(daemon, "columnist")
+    s = greeted(daemon, "columnist")
     v = msgpack.packb({"a": 1})
     bad: dict[str, tuple[Any, Any, str]] = {
         "backwards": ([5, 6, 4], [v, v, v], "step_order"),
@@ -613,7 +587,7 @@ def test_column_batches_with_bad_steps_are_refused_whole(daemon: Daemon) -> None
             "values": values,
         }
         s.sendall(protocol.encode(msg))
-    replies = {r["rid"]: r for r in _replies(s, len(bad))}
+    replies = {r["rid"]: r for r in read_replies(s, len(bad))}
     assert {n: r["code"] for n, r in replies.items()} == {n: c for n, (_, _, c) in bad.items()}
     assert "step 4" in replies["backwards"]["message"]
     s.close()
