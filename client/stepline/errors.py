@@ -80,6 +80,12 @@ class RunNotWritable(RequestError):
     code = "not_writable"
 
 
+class LimitExceeded(RequestError):
+    """A configured limit of the daemon (runs per project, ...) was reached."""
+
+    code = "limit"
+
+
 class SeqGap(RequestError):
     """A batch arrived before an earlier one of its run; the client resends in order."""
 
@@ -104,6 +110,7 @@ _BY_CODE: dict[str, type[Error]] = {
         InvalidResume,
         StepOrderError,
         RunNotWritable,
+        LimitExceeded,
         SeqGap,
         DaemonError,
         StorageFull,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import hmac
 import io
 import json
 import logging
@@ -36,6 +37,7 @@ MAX_PAGE_ROWS = 100_000
 CSV_PAGE_ROWS = 5_000
 # A live stream sends a comment this often so proxies and browsers keep it open.
 KEEPALIVE = 15.0
+TOKEN_COOKIE = "stepline_token"
 # The least time between two reads for one live stream.
 STREAM_COALESCE = 0.1
 
@@ -74,6 +76,32 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except Exception:
         log.exception("HTTP %s %s failed", request.method, request.path_qs)
         return _error(500, DaemonError.code, "internal error")
+
+
+def _token_guard(token: str) -> Any:
+    """Every request must carry ``token``: ``Authorization: Bearer``, the cookie
+    a first ``?token=`` visit sets (so the dashboard's own requests and its
+    EventSource carry it), or ``?token=`` itself."""
+    expected = token.encode()
+
+    def matches(given: str | None) -> bool:
+        return given is not None and hmac.compare_digest(given.encode(), expected)
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        auth = request.headers.get("Authorization", "")
+        bearer = auth[7:] if auth.startswith("Bearer ") else None
+        from_query = request.query.get("token")
+        if not (
+            matches(bearer) or matches(request.cookies.get(TOKEN_COOKIE)) or matches(from_query)
+        ):
+            return _error(401, "unauthorized", "this daemon needs its HTTP token")
+        resp = await handler(request)
+        if matches(from_query) and not resp.prepared:
+            resp.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="Strict")
+        return resp
+
+    return guard
 
 
 # ------------------------------------------------------------------ parameters
@@ -182,7 +210,12 @@ class Http:
         return await hub.loop.run_in_executor(hub.reads, lambda: render(hub.read(op, msg)))
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[_errors])
+        guards = (
+            []
+            if self.hub.settings.http_token is None
+            else [_token_guard(self.hub.settings.http_token)]
+        )
+        app = web.Application(middlewares=[*guards, _errors])
         r = app.router
         r.add_get("/api/openapi.json", self.spec)
         r.add_get("/api/projects", self.projects)

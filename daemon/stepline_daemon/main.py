@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import errno
 import fcntl
+import grp
 import json
 import logging
 import os
@@ -144,6 +145,8 @@ async def serve(settings: Settings, store: Store, listener: socket.socket | None
         server = await loop.create_unix_server(hub.protocol_factory, sock=listener)
     else:
         server = await loop.create_unix_server(hub.protocol_factory, path=str(settings.socket))
+        if settings.socket_group is not None:
+            os.chown(settings.socket, -1, grp.getgrnam(settings.socket_group).gr_gid)
         os.chmod(settings.socket, settings.socket_mode)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -214,7 +217,9 @@ def run(settings: Settings) -> int:
         with _claim_data_dir(settings.data_dir):
             if listener is None:
                 _claim_socket(settings.socket)
-            store = Store(settings.data_dir, settings.map_size)
+            store = Store(
+                settings.data_dir, settings.map_size, max_runs=settings.max_runs_per_project
+            )
             orphans = store.crash_orphans()
             if orphans:
                 log.info("marked %d runs left running by a previous daemon as crashed", orphans)

@@ -27,11 +27,13 @@ class DaemonProcess:
         socket: Path,
         log_path: Path | None = None,
         http: str = "127.0.0.1:0",
+        args: tuple[str, ...] = (),
     ) -> None:
         self.data_dir = data_dir
         self.socket = socket
         self.log_path = log_path
         self.http = http  # HOST:PORT or off; port 0 (the default here) picks a free one
+        self.args = args  # more daemon flags, for every start
         self.proc: subprocess.Popen[bytes] | None = None
 
     def spawn(self, *extra: str) -> subprocess.Popen[bytes]:
@@ -51,6 +53,7 @@ class DaemonProcess:
                     str(self.socket),
                     "--http",
                     self.http,
+                    *self.args,
                     *extra,
                 ],
                 stdout=out,

@@ -26,7 +26,15 @@ import msgpack
 
 from stepline import __version__, protocol
 from stepline.errors import DaemonError, Error, ProtocolError, RequestError, StepOrderError
-from stepline.rows import STEP_MAX, Chunks, check_rows, check_step, chunks_of
+from stepline.rows import (
+    MAX_KEYS_PER_ROW,
+    RESERVED_KEYS,
+    STEP_MAX,
+    Chunks,
+    check_rows,
+    check_step,
+    chunks_of,
+)
 from stepline_daemon import queries
 from stepline_daemon.settings import Settings
 from stepline_daemon.store import Row, Store
@@ -99,6 +107,29 @@ def _check_columns(steps: Any, values: Any) -> Checked:
     decoded, packed = _decode_values(values)
     chunks = _check_values(decoded)
     return list(zip(steps, decoded, strict=True)), packed, chunks
+
+
+def check_limits(
+    rows: list[Row], packed: list[bytes] | None, max_keys: int, max_value_len: int
+) -> None:
+    """The operator's limits (settings), on rows that already passed the protocol's."""
+    if max_keys < MAX_KEYS_PER_ROW:
+        for i, (_, values) in enumerate(rows):
+            if len(values) - sum(k in values for k in RESERVED_KEYS) > max_keys:
+                raise RequestError(
+                    f"log: row {i} has {len(values)} keys; this daemon takes at most "
+                    f"{max_keys}; the batch is refused whole"
+                )
+    # A packed row no longer than the limit holds no string longer than it.
+    if packed is not None and max(map(len, packed)) <= max_value_len:
+        return
+    for i, (_, values) in enumerate(rows):
+        for key, value in values.items():
+            if type(value) is str and len(value) > max_value_len:
+                raise RequestError(
+                    f"log: row {i}: value for {key!r} is {len(value)} characters; this daemon "
+                    f"takes at most {max_value_len}; the batch is refused whole"
+                )
 
 
 def _decode_values(raw: list[Any]) -> tuple[list[Any], list[bytes] | None]:
@@ -414,6 +445,10 @@ class Connection(asyncio.Protocol):
                             )
                         else:
                             req.rows, req.packed, req.chunks = _check_rows(msg.get("rows"))
+                        limits = self.hub.settings
+                        check_limits(
+                            req.rows, req.packed, limits.max_keys_per_row, limits.max_value_len
+                        )
                     except RequestError as exc:
                         # Still goes through the writer, which records the seq in order.
                         req.refusal = exc

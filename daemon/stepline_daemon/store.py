@@ -41,6 +41,7 @@ from stepline import protocol
 from stepline.errors import (
     InvalidFork,
     InvalidResume,
+    LimitExceeded,
     RequestError,
     RunExists,
     RunNotFound,
@@ -138,8 +139,15 @@ class Segment:
 
 
 class Store:
-    def __init__(self, path: Path, map_size: int, snapshot_every: int = SNAPSHOT_EVERY) -> None:
+    def __init__(
+        self,
+        path: Path,
+        map_size: int,
+        snapshot_every: int = SNAPSHOT_EVERY,
+        max_runs: int = 100_000,
+    ) -> None:
         self.snapshot_every = snapshot_every
+        self.max_runs = max_runs
         # Writes happen on one thread at a time (the writer), so one Packer serves.
         self._pack_row = msgpack.Packer(use_bin_type=True).pack
         path.mkdir(parents=True, exist_ok=True)
@@ -509,6 +517,21 @@ class Store:
         rec = self._new_record(txn, project, run_id, None, -1, **common)
         return self._created(txn, rec, "new")
 
+    def _count_run(self, txn: lmdb.Transaction, project: str) -> None:
+        """One more run id in ``project``, within ``max_runs``."""
+        key = b"runs\0" + project.encode()
+        raw = txn.get(key, db=self.meta)
+        if raw is not None:
+            n = int(_U64.unpack(raw)[0])
+        else:  # first count in this project (or a store from before counts)
+            n = next((c for p, c in self.project_counts(txn) if p == project), 0)
+        if n >= self.max_runs:
+            raise LimitExceeded(
+                f"project {project!r} holds {n} runs, this daemon's limit "
+                "(--max-runs-per-project); delete some or use another project"
+            )
+        txn.put(key, _U64.pack(n + 1), db=self.meta)
+
     def _fresh_id(self, txn: lmdb.Transaction, project: str) -> str:
         while True:
             run_id = "".join(secrets.choice(_ID_ALPHABET) for _ in range(8))
@@ -596,8 +619,11 @@ class Store:
         return stats
 
     def _created(self, txn: lmdb.Transaction, rec: Record, how: str) -> dict[str, Any]:
+        name = self._name_key(rec["project"], rec["id"])
+        if txn.get(name, db=self.names) is None:
+            self._count_run(txn, rec["project"])
         self._put_record(txn, rec)
-        txn.put(self._name_key(rec["project"], rec["id"]), _U64.pack(rec["run_no"]), db=self.names)
+        txn.put(name, _U64.pack(rec["run_no"]), db=self.names)
         return self._reply(rec, how)
 
     @staticmethod

@@ -15,6 +15,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -22,6 +23,7 @@ import pytest
 import stepline
 from stepline_daemon import openapi
 from stepline_daemon.http import Http
+from stepline_daemon.settings import Settings
 from tests.conftest import Daemon
 
 P = "vision"
@@ -217,7 +219,9 @@ def test_openapi_describes_every_route(daemon: Daemon) -> None:
     assert spec == json.loads(json.dumps(openapi.SPEC))
     served = {
         r.resource.canonical
-        for r in Http(None).app().router.routes()  # type: ignore[arg-type]
+        for r in Http(SimpleNamespace(settings=Settings(Path("d"), Path("s"))))
+        .app()
+        .router.routes()  # type: ignore[arg-type]
         if r.resource is not None and r.resource.canonical.startswith("/api/")
     }
     described = set(spec["paths"])
