@@ -26,7 +26,7 @@ from typing import IO
 
 import uvloop
 
-from stepline_daemon import sdnotify
+from stepline_daemon import logs, sdnotify
 from stepline_daemon.http import Http
 from stepline_daemon.process import INFO_FILE
 from stepline_daemon.server import Hub
@@ -238,9 +238,5 @@ def run(settings: Settings) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     settings = Settings.from_args(argv)
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(settings.log_level, settings.log_format)
     return run(settings)

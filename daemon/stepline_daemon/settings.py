@@ -16,7 +16,7 @@ from pathlib import Path
 from stepline import paths
 from stepline.protocol import MAX_FRAME_SIZE
 from stepline.rows import MAX_KEYS_PER_ROW
-from stepline_daemon import sdnotify
+from stepline_daemon import logs, sdnotify
 
 ENV_PREFIX = "STEPLINE_"
 # The dashboard and JSON API; loopback only (issue: security).
@@ -61,6 +61,7 @@ class Settings:
     drain_timeout: float = 30.0
     socket_mode: int = 0o600
     log_level: str = "INFO"
+    log_format: str = "text"  # or journal (the default under systemd's journal), json
     http: tuple[str, int] | None = DEFAULT_HTTP
     # Set when --http or STEPLINE_HTTP named the address: failing to bind it is
     # then fatal; the default address being taken only costs the dashboard.
@@ -116,6 +117,10 @@ class Settings:
         p.add_argument(
             "--max-runs-per-project", type=int, help="run ids per project (default 100000)"
         )
+        p.add_argument(
+            "--log-format",
+            help="text, journal or json (env STEPLINE_LOG_FORMAT; journal when run by systemd)",
+        )
         p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (env STEPLINE_LOG_LEVEL)")
         args = p.parse_args(argv)
 
@@ -150,6 +155,13 @@ class Settings:
                 p.error(f"--socket-group: no group named {group!r}")
             kw["socket_group"] = group
             kw["socket_mode"] = 0o660
+        fmt = pick(args.log_format, "log_format") or (
+            "journal" if env.get("JOURNAL_STREAM") else None
+        )
+        if fmt is not None:
+            if fmt not in logs.FORMATS:
+                p.error(f"log format must be one of {', '.join(logs.FORMATS)}, got {fmt!r}")
+            kw["log_format"] = fmt
         level = pick(args.log_level, "log_level")
         if level is not None:
             if level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
 import urllib.request
+from pathlib import Path
+
+import pytest
 
 import stepline
 from stepline import protocol
@@ -105,3 +109,20 @@ def test_a_client_cannot_claim_someone_elses_credentials(daemon: Daemon) -> None
     api.close()
     assert peer["pid"] == os.getpid() and peer["host"] == socket.gethostname()
     assert re.fullmatch(r"\d+", str(peer["uid"]))
+
+
+def test_json_logs_and_journal_by_default_under_systemd(
+    short_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    d = Daemon(short_tmp / "j")
+    d.args = ("--log-format", "json")
+    d.start()
+    assert d.stop() == 0
+    events = [json.loads(line) for line in d.log().splitlines() if line.startswith("{")]
+    assert any(e["msg"] == "stopped cleanly" and e["level"] == "info" for e in events)
+
+    d = Daemon(short_tmp / "k")
+    monkeypatch.setenv("JOURNAL_STREAM", "8:1234")  # what systemd sets for a journald stdout
+    d.start()
+    assert d.stop() == 0
+    assert "<6>stepline.daemon: stopped cleanly" in d.log().splitlines()
