@@ -4,7 +4,24 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo lint bench bench-peers clean
+.PHONY: test demo lint bench bench-peers clean assets browser
+
+# The dashboard's chart library, fetched from the npm registry at the version
+# web/package-lock.json pins, and copied where the daemon serves /static/.
+VENDOR := daemon/stepline_daemon/static/vendor
+VENDORED := $(VENDOR)/uPlot.iife.min.js $(VENDOR)/uPlot.min.css
+NPM_STAMP := web/node_modules/.package-lock.json
+# The browser tests drive Debian's chromium; Playwright never downloads its own.
+CHROMIUM := /usr/bin/chromium
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
+
+# apt-get install $(1), as root or through passwordless sudo; else say what to do.
+define apt_install
+	@if [ "$$(id -u)" = 0 ]; then sudo=""; \
+	elif sudo -n true 2>/dev/null; then sudo="sudo -n"; \
+	else echo "error: $(1) is missing; install it as root: apt-get update && apt-get install -y $(1)" >&2; exit 1; fi; \
+	$$sudo apt-get update -q && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(1)
+endef
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -12,8 +29,24 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[daemon,test]' pandas numpy
 	touch $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) assets browser
 	$(PY) -m pytest -q
+
+assets: $(VENDORED)
+
+$(NPM_STAMP): web/package.json web/package-lock.json
+	@command -v npm >/dev/null || { echo "error: make assets needs npm (apt-get install npm)" >&2; exit 1; }
+	npm ci --prefix web --no-audit --no-fund
+	touch $@
+
+$(VENDOR)/%: $(NPM_STAMP)
+	mkdir -p $(VENDOR)
+	cp web/node_modules/uplot/dist/$* $@
+
+browser: $(CHROMIUM)
+
+$(CHROMIUM):
+	$(call apt_install,chromium)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -28,8 +61,8 @@ bench-peers: $(STAMP)
 	$(PY) -m pip install -q -e '.[daemon,bench]'
 	$(PY) -m bench --peers
 
-demo: $(STAMP)
+demo: $(STAMP) assets
 	$(PY) examples/demo.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis web/node_modules $(VENDOR)
