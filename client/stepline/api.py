@@ -55,6 +55,28 @@ class Api:
         result: dict[str, Any] = self._call({"op": "status"})
         return result
 
+    def delete(self, path: str, purge: bool = False) -> dict[str, Any]:
+        """Delete run ``project/id`` (all its timelines). Soft by default: the id is
+        free again and reads no longer find it, while forks keep reading its rows.
+        ``purge=True`` also removes the rows; refused (``InUse``) while a fork that is
+        not deleted reads them."""
+        project, _, run_id = path.partition("/")
+        result: dict[str, Any] = self._call(
+            {"op": "delete", "project": project, "id": run_id, "purge": purge}
+        )
+        return result
+
+    def purge(self) -> dict[str, Any]:
+        """Remove for good the rows of every deleted run that no live fork reads."""
+        result: dict[str, Any] = self._call({"op": "purge"})
+        return result
+
+    def backup(self, dest: str) -> dict[str, Any]:
+        """Have the daemon write a consistent, compacted copy of its store to ``dest``
+        (an absolute directory, empty or new) while it keeps serving."""
+        result: dict[str, Any] = self._call({"op": "backup", "dest": dest})
+        return result
+
     def projects(self) -> list[str]:
         out: list[str] = self._call({"op": "runs"})["projects"]
         return out

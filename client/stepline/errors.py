@@ -86,6 +86,12 @@ class LimitExceeded(RequestError):
     code = "limit"
 
 
+class InUse(RequestError):
+    """The request would break another run (a purge of rows a fork still reads)."""
+
+    code = "in_use"
+
+
 class SeqGap(RequestError):
     """A batch arrived before an earlier one of its run; the client resends in order."""
 
@@ -111,6 +117,7 @@ _BY_CODE: dict[str, type[Error]] = {
         StepOrderError,
         RunNotWritable,
         LimitExceeded,
+        InUse,
         SeqGap,
         DaemonError,
         StorageFull,

@@ -99,7 +99,7 @@ def _target(store: Store, txn: lmdb.Transaction, msg: dict[str, Any]) -> Record:
     if type(run_no) is not int:
         raise RequestError(f"run_no must be an integer, got {run_no!r}")
     rec = store.record(txn, run_no)
-    if rec["project"] != msg.get("project"):
+    if rec["project"] != msg.get("project") or rec.get("deleted"):
         raise RunNotFound(f"no timeline {run_no} in project {msg.get('project')!r}")
     return rec
 

@@ -20,6 +20,7 @@ import struct
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, cast
 
 import msgpack
@@ -238,8 +239,26 @@ class Hub:
             "writer_healthy": self.writer.healthy(stuck_after=30.0),
         }
 
+    def backup(self, msg: dict[str, Any]) -> dict[str, Any]:
+        """A consistent, compacted copy of the store, taken while serving."""
+        dest = msg.get("dest")
+        if not isinstance(dest, str) or not os.path.isabs(dest):
+            raise RequestError("backup: dest must be an absolute directory path")
+        path = Path(dest)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            if any(path.iterdir()):
+                raise RequestError(f"backup: {dest} is not empty")
+            with self.gate.shared():
+                self.store.env.copy(dest, compact=True)
+        except OSError as exc:
+            raise RequestError(f"backup: cannot write {dest}: {exc.strerror}") from None
+        return {"path": dest, "bytes": (path / "data.mdb").stat().st_size}
+
     def read(self, op: str, msg: dict[str, Any]) -> Any:
         """Runs on a read-pool thread; prebuilt replies are framed here too, off the loop."""
+        if op == "backup":
+            return self.backup(msg)
         fn = queries.READS[op]
         with self.gate.shared(), self.store.env.begin() as txn:
             result = fn(self.store, txn, msg)
@@ -426,6 +445,14 @@ class Connection(asyncio.Protocol):
             self._read(op, msg)
         elif op == "status":
             self.send({"op": "ok", "rid": msg.get("rid"), "result": self.hub.status()})
+        elif op in ("delete", "purge"):
+            cost = self.decoder.last_size
+            self._write(
+                WriteRequest(op, msg, self.client or "", lambda r: self._on_write_reply(r, cost)),
+                cost,
+            )
+        elif op == "backup":
+            self._read("backup", msg)
         elif op in SEQ_OPS or op == "init":
             if self.client is None:
                 raise RequestError(f"{op}: send hello first")
@@ -477,8 +504,8 @@ class Connection(asyncio.Protocol):
         # vanishes, including runs it took over after reconnecting.
         if reply.get("op") == "ack":
             self.owned.add(reply["run"])
-        elif reply.get("op") == "ok" and "result" in reply:
-            self.owned.add(reply["result"]["run"])
+        elif reply.get("op") == "ok" and "run" in (reply.get("result") or {}):
+            self.owned.add(reply["result"]["run"])  # an init
         self.send(reply)
 
     def _read(self, op: str, msg: dict[str, Any]) -> None:

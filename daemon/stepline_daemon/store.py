@@ -39,6 +39,7 @@ import msgpack
 
 from stepline import protocol
 from stepline.errors import (
+    InUse,
     InvalidFork,
     InvalidResume,
     LimitExceeded,
@@ -642,6 +643,8 @@ class Store:
         if type(run_no) is not int:
             raise RequestError(f"run must be an integer run number, got {run_no!r}")
         rec = self.record(txn, run_no)
+        if rec.get("deleted"):
+            raise RunNotWritable(f"run {rec['id']!r} was deleted")
         if rec["state"] not in WRITABLE:
             raise RunNotWritable(
                 f"run {rec['id']!r} is {rec['state']}; resume it (or, if archived, write to the "
@@ -742,6 +745,99 @@ class Store:
         rec["updated"] = time.time()
         self._put_record(txn, rec)
         self.mark_seq(txn, client, rec["run_no"], seq)
+
+    def delete_run(self, txn: lmdb.Transaction, msg: dict[str, Any]) -> dict[str, Any]:
+        """Delete a run id: every timeline of it (the current one and those rewinds
+        archived). Soft: the id is free again and no read finds it, but the rows stay
+        while forks read them. ``purge``: remove the rows too, refused while any
+        fork that is not deleted still reads them."""
+        project = check_project(msg.get("project"))
+        rec = self.find(txn, project, msg.get("id"))
+        if rec["state"] == State.RUNNING:
+            raise RunNotWritable(
+                f"run {rec['id']!r} is running; finish it (or let its process end) first"
+            )
+        own = [rec] + [self.record(txn, a["run_no"]) for a in self.archived(txn, rec)]
+        # Decided before the first put: a refused purge leaves the run as it was.
+        doomed = self._deleted_closure(txn, [t["run_no"] for t in own]) if msg.get("purge") else []
+        now = time.time()
+        for t in own:
+            t["deleted"] = now
+            t["updated"] = now
+            self._put_record(txn, t)
+        txn.delete(self._name_key(project, rec["id"]), db=self.names)
+        key = b"runs\0" + project.encode()
+        raw = txn.get(key, db=self.meta)
+        if raw is not None:
+            txn.put(key, _U64.pack(max(0, _U64.unpack(raw)[0] - 1)), db=self.meta)
+        out: dict[str, Any] = {"id": rec["id"], "timelines": len(own), "purged": 0, "rows": 0}
+        out["purged"] = len(doomed)
+        out["rows"] = sum(self._purge(txn, run_no) for run_no in doomed)
+        return out
+
+    def purge_deleted(self, txn: lmdb.Transaction) -> dict[str, Any]:
+        """Remove for good every deleted timeline no live timeline reads (``gc``)."""
+        deleted = {
+            rec["run_no"]: rec
+            for raw in txn.cursor(db=self.runs).iternext(keys=False)
+            if (rec := _unpack(cast(bytes, raw))).get("deleted")
+        }
+        doomed: set[int] = set()
+        for run_no in deleted:
+            try:
+                doomed.update(self._deleted_closure(txn, [run_no]))
+            except InUse:
+                continue  # a live fork still reads it: kept, soft-deleted
+        rows = sum(self._purge(txn, run_no) for run_no in sorted(doomed))
+        return {"purged": len(doomed), "rows": rows, "kept": len(deleted) - len(doomed)}
+
+    def _deleted_closure(self, txn: lmdb.Transaction, roots: list[int]) -> list[int]:
+        """``roots`` and every descendant of them, all of which must be deleted."""
+        seen, todo, live = set(roots), list(roots), []
+        while todo:
+            for child in self.children_of(txn, todo.pop(), deleted=True):
+                if child["run_no"] in seen:
+                    continue
+                if not self.record(txn, child["run_no"]).get("deleted"):
+                    live.append(f"{child['id']} (forked at step {child['step']})")
+                    continue
+                seen.add(child["run_no"])
+                todo.append(child["run_no"])
+        if live:
+            raise InUse(
+                "cannot purge: these runs still read its rows: "
+                + ", ".join(sorted(set(live)))
+                + "; delete them first (the run stays soft-deleted)"
+            )
+        return sorted(seen)
+
+    def _purge(self, txn: lmdb.Transaction, run_no: int) -> int:
+        """Remove one deleted timeline for good; returns how many rows went."""
+        rec = self.record(txn, run_no)
+        rows = 0
+        for db in (self.history, self.snaps):
+            cur = txn.cursor(db=db)
+            prefix = _U64.pack(run_no)
+            if cur.set_range(prefix):
+                while cast(bytes, cur.key()).startswith(prefix):
+                    rows += db is self.history
+                    if not cur.delete():
+                        break
+        if rec["parent"] is not None:
+            txn.delete(_U64x2.pack(rec["parent"][0], run_no), db=self.children)
+        cur = txn.cursor(db=self.children)
+        prefix = _U64.pack(run_no)
+        if cur.set_range(prefix):
+            while cast(bytes, cur.key()).startswith(prefix):
+                if not cur.delete():
+                    break
+        suffix = b"\0" + _U64.pack(run_no)
+        keys = map(bytes, txn.cursor(db=self.seqs).iternext(values=False))
+        stale = [k for k in keys if k.endswith(suffix)]
+        for k in stale:
+            txn.delete(k, db=self.seqs)
+        txn.delete(_U64.pack(run_no), db=self.runs)
+        return rows
 
     def crash_orphans(self) -> int:
         """At start-up: runs left ``running`` by a previous daemon lost their client's
@@ -846,6 +942,7 @@ class Store:
                     "archived_by": rec["archived_by"],
                     "last_step": rec["last_step"],
                     "created": rec["created"],
+                    "deleted": bool(rec.get("deleted")),
                 }
             )
         return out
@@ -862,7 +959,10 @@ class Store:
             parent = p["parent"]
         return out
 
-    def children_of(self, txn: lmdb.Transaction, run_no: int) -> list[dict[str, Any]]:
+    def children_of(
+        self, txn: lmdb.Transaction, run_no: int, deleted: bool = False
+    ) -> list[dict[str, Any]]:
+        """Forks and rewinds branching from ``run_no``; deleted ones only if asked."""
         out = []
         cur = txn.cursor(db=self.children)
         prefix = _U64.pack(run_no)
@@ -871,6 +971,8 @@ class Store:
                 if not cast(bytes, key).startswith(prefix):
                     break
                 child = self.record(txn, _U64.unpack(key[8:])[0])
+                if child.get("deleted") and not deleted:
+                    continue
                 out.append(
                     {
                         "id": child["id"],

@@ -37,7 +37,7 @@ SEQ_OPS = frozenset({"log", "config", "summary", "metric", "finish"})
 
 @dataclass(eq=False)
 class WriteRequest:
-    op: str  # init, one of SEQ_OPS, disconnect, or barrier
+    op: str  # init, one of SEQ_OPS, delete, disconnect, or barrier
     msg: dict[str, Any]
     client: str
     reply: ReplyFn | None
@@ -253,6 +253,10 @@ class Writer:
                 "rid": msg.get("rid"),
                 "result": store.init_run(txn, msg, req.client),
             }
+        if req.op == "delete":
+            return {"op": "ok", "rid": msg.get("rid"), "result": store.delete_run(txn, msg)}
+        if req.op == "purge":
+            return {"op": "ok", "rid": msg.get("rid"), "result": store.purge_deleted(txn)}
         if req.op == "disconnect":
             store.mark_crashed(txn, msg["run"], req.client)
             return None
