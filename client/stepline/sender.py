@@ -33,7 +33,7 @@ from typing import Any
 
 from stepline import protocol
 from stepline.channel import Channel
-from stepline.errors import RETRYABLE, DaemonUnavailable, Error, Timeout, from_reply
+from stepline.errors import RETRYABLE, DaemonUnavailable, Error, SeqGap, Timeout, from_reply
 from stepline.settings import ClientSettings
 from stepline.spool import Ref, Spool
 
@@ -120,6 +120,9 @@ class Sender:
         self._spill_broken = False
         self._seqs: dict[int, int] = collections.defaultdict(int)
         self._errors: list[Error] = []
+        # The daemon's last passing refusal (disk full, ...) while rows wait on it:
+        # named by a flush that times out, cleared by the next ack.
+        self._retrying: Error | None = None
         self._requests: dict[int, _Request] = {}
         self._rids = itertools.count(1)
         self._chan: Channel | None = None
@@ -219,10 +222,12 @@ class Sender:
             while self._done < target:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
+                    why = self._retrying
                     raise Timeout(
                         f"flush: {target - self._done} queued entries not yet acknowledged by "
                         f"the daemon at {self.path}"
-                    )
+                        + (f"; it reports: {why} (rows kept, resent until stored)" if why else "")
+                    ) from why
                 self._progress.wait(left)
             if self._errors:
                 err, self._errors = self._errors[0], []
@@ -466,7 +471,15 @@ class Sender:
                 log.error("stepline: daemon error: %s: %s", msg.get("code"), msg.get("message"))
             return False
         if op == "error" and msg.get("code") in RETRYABLE:
+            err = from_reply(str(msg.get("code")), str(msg.get("message")))
+            # A seq gap only follows another refusal: keep that one as the reason.
+            if self._retrying is None or not isinstance(err, SeqGap):
+                if type(err) is not type(self._retrying):
+                    log.warning("stepline: %s; keeping the rows and resending them", err)
+                self._retrying = err
             return True  # kept in _unacked; resent after a reconnect
+        if op == "ack":
+            self._retrying = None
         out = self._unacked.pop(key)  # type: ignore[arg-type]
         self._mem -= out.nbytes
         if out.ref is not None:

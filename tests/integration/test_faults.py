@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 import textwrap
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,11 +44,17 @@ def test_disk_full_keeps_rows_and_recovers(short_tmp: Path, tiny_disk: Path) -> 
         n = 3000  # ~6 MB of rows: cannot fit in 2 MiB
         for i in range(n):
             run.log({"i": i, "blob": blob})
-        with pytest.raises(stepline.Timeout):
+        with pytest.raises(stepline.Timeout, match="storage") as caught:
             run.flush(timeout=3)  # the disk is full: not everything can be acknowledged
+        assert isinstance(caught.value.__cause__, stepline.StorageFull)  # the typed reason
         api = stepline.Api(socket=str(d.socket))
         stored = api.run(f"{P}/big").last_step
         assert stored < n - 1  # reads still work while the disk is full
+        assert len(list(api.run(f"{P}/big").scan_history())) == stored + 1
+        with urllib.request.urlopen(d.http_url + f"/api/projects/{P}/runs/big") as resp:
+            assert json.loads(resp.read())["last_step"] == stored  # HTTP reads too
+        with urllib.request.urlopen(d.http_url + "/metrics") as resp:
+            assert 'stepline_errors_total{code="storage_full"}' in resp.read().decode()
         assert "commit failed" in d.log()
 
         subprocess.run(["mount", "-o", "remount,size=64m", str(tiny_disk)], check=True)
