@@ -6,7 +6,8 @@ so a bad request is a :class:`RequestError` naming the parameter.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import itertools
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -273,13 +274,54 @@ def downsample(
     budget = samples * READ_PER_SAMPLE
     if hi - lo < budget:
         source = store.iter_rows(txn, segs, lo, hi + 1)
+        rows = [r for step, packed in source if (r := _select(packed, step, keys, require_all))]
     else:
-        targets = [lo + i * (hi - lo) // (budget - 1) for i in range(budget)]
-        source = store.rows_at(txn, segs, lo, hi + 1, targets)
-    rows = [r for step, packed in source if (r := _select(packed, step, keys, require_all))]
+        rows = _strided(store, txn, segs, keys, require_all, lo, hi, budget)
     if len(rows) <= samples:
         return rows
     return [rows[i] for i in decimate(rows, keys, samples)]
+
+
+# How many rows a strided read looks at past each target for one holding the
+# keys: a metric logged at least every this many steps is sampled evenly.
+WALK = 64
+
+
+def _strided(
+    store: Store,
+    txn: lmdb.Transaction,
+    segs: list[Segment],
+    keys: list[str],
+    require_all: bool,
+    lo: int,
+    hi: int,
+    budget: int,
+) -> list[dict[str, Any]]:
+    """Rows holding the keys at about ``budget`` evenly spaced steps: the first
+    and the last such rows always (found by walking in from each end), and
+    between them the first such row within ``WALK`` rows of each target."""
+
+    def first(rows: Iterator[tuple[int, bytes]]) -> dict[str, Any] | None:
+        return next((r for s, p in rows if (r := _select(p, s, keys, require_all))), None)
+
+    head = first(store.iter_rows(txn, segs, lo, hi + 1))
+    tail = first(store.iter_rows_back(txn, segs, lo, hi + 1))
+    if head is None or tail is None:
+        return []
+    a, b = head["_step"], tail["_step"]
+    if a == b:
+        return [head]
+    out = [head]
+    targets = [a + i * (b - a) // (budget - 1) for i in range(1, budget - 1)]
+    limits = [*targets[1:], b] if targets else []
+    for target, limit in zip(targets, limits, strict=True):
+        start = max(target, out[-1]["_step"] + 1)
+        if start < limit:
+            row = first(itertools.islice(store.iter_rows(txn, segs, start, limit), WALK))
+            if row is not None:
+                out.append(row)
+    out.append(tail)
+    return out
 
 
 def decimate(rows: list[dict[str, Any]], keys: list[str], samples: int) -> list[int]:

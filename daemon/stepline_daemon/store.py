@@ -369,32 +369,23 @@ class Store:
         out.append(last)
         return out if len(out) == samples else None
 
-    def rows_at(
+    def iter_rows_back(
         self,
         txn: lmdb.Transaction,
         segs: list[Segment],
-        min_step: int,
-        max_step: int | None,
-        targets: list[int],
+        min_step: int = 0,
+        max_step: int | None = None,
     ) -> Iterator[tuple[int, bytes]]:
-        """For each target step (ascending), the first row at or after it in the
-        view, each row once: a seek per target, never a walk between them."""
-        bounds = list(self._bounds(segs, min_step, max_step))
+        """``iter_rows`` from the last step down."""
         cur = txn.cursor(db=self.history)
-        seg = 0
-        last = -1
-        for target in targets:
-            while seg < len(bounds) and bounds[seg][2] < target:
-                seg += 1
-            for run_no, lo, hi in bounds[seg:]:
-                if not cur.set_range(hkey(run_no, max(target, lo))):
-                    continue
+        for run_no, lo, hi in reversed(list(self._bounds(segs, min_step, max_step))):
+            found = cur.prev() if cur.set_range(hkey(run_no, hi + 1)) else cur.last()
+            while found:
                 key_run, step = _U64x2.unpack(cur.key())
-                if key_run == run_no and step <= hi:
-                    if step > last:
-                        last = step
-                        yield step, cast(bytes, cur.value())
+                if key_run != run_no or step < lo:
                     break
+                yield step, cast(bytes, cur.value())
+                found = cur.prev()
 
     def edges(
         self, txn: lmdb.Transaction, segs: list[Segment], min_step: int, max_step: int | None

@@ -147,6 +147,11 @@ def test_columns_and_chart_downsample_keep_ends_and_spikes(daemon: Daemon) -> No
     assert both["val"][100] == 100 and both["val"][101] is None
     only_val = ok(daemon, f"/api/projects/{P}/runs/spiky/history?keys=val&format=columns")
     assert only_val["_step"] == list(range(0, 20_000, 100))
+    # A metric logged every 100 steps still charts evenly from a strided read.
+    sparse = ok(daemon, f"/api/projects/{P}/runs/spiky/history?keys=val&samples=50&format=columns")
+    assert sparse["_step"][0] == 0 and sparse["_step"][-1] == 19_900
+    assert 40 <= len(sparse["_step"]) <= 50
+    assert all(s % 100 == 0 for s in sparse["_step"])
 
 
 def test_nan_and_infinities_as_w_and_b_writes_them(daemon: Daemon) -> None:
