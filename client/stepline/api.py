@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from stepline import paths
@@ -43,6 +44,16 @@ class Api:
             yield chan
         finally:
             chan.close()
+
+    @property
+    def socket(self) -> Path:
+        return self._path
+
+    def __enter__(self) -> Api:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def close(self) -> None:
         with self._lock:

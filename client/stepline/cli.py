@@ -26,6 +26,12 @@ commands:
   history   a run's rows as a table or CSV (stepline history PROJECT/RUN_ID [--csv] ...)
   tree      the fork tree a run belongs to (stepline tree PROJECT/RUN_ID)
   export    a run's whole history to a file (stepline export PROJECT/RUN_ID --format csv|parquet)
+  status    report the running daemon; exit 1 when none answers (stepline status [--json])
+  delete    delete a run; rows stay while forks read them (stepline delete PROJECT/RUN_ID [--purge])
+  purge     remove the rows of deleted runs nothing reads any more (stepline purge)
+  backup    a consistent, compacted copy of the store, taken live (stepline backup DEST)
+  check     verify a store's files; exit 1 on a problem (stepline check [--data-dir DIR])
+  systemd   write the systemd units (stepline systemd install [--user])
 
 Every command but daemon takes --socket PATH (default: $STEPLINE_SOCKET, else
 $XDG_RUNTIME_DIR/stepline.sock). COMMAND --help shows its options.
@@ -52,6 +58,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _sync(rest)
     if cmd in READS:
         return _read(READS[cmd], rest)
+    from stepline import admin
+
+    if cmd in admin.COMMANDS:
+        return _read(admin.COMMANDS[cmd], rest)
     print(f"stepline: unknown command {cmd!r}\n{USAGE}", file=sys.stderr, end="")
     return 2
 

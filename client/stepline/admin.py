@@ -1,0 +1,145 @@
+"""Operator commands: ``stepline status``, ``delete``, ``purge``, ``backup``.
+
+Each asks the running daemon over its socket; ``stepline check`` (which reads
+the store files) lives with the daemon, in ``stepline_daemon.check``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from stepline.api import Api
+from stepline.errors import DaemonUnavailable, Error
+
+
+def _parser(command: str, description: str) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog=f"stepline {command}", description=description)
+    ap.add_argument("--socket", help="daemon socket (env STEPLINE_SOCKET; default XDG)")
+    return ap
+
+
+def _duration(seconds: float) -> str:
+    return str(datetime.timedelta(seconds=int(seconds)))
+
+
+def status(argv: list[str]) -> int:
+    """Exit 0 with a report when a daemon answers; 1 when none does."""
+    ap = _parser("status", "Report the running daemon; exit non-zero when none answers.")
+    ap.add_argument("--json", action="store_true", help="the daemon's report as JSON")
+    args = ap.parse_args(argv)
+    api = Api(socket=args.socket, timeout=5)
+    try:
+        s = api.status()
+    except (DaemonUnavailable, Error) as exc:
+        print(f"stepline: no daemon answers on {api.socket}: {exc.message}", file=sys.stderr)
+        return 1
+    finally:
+        api.close()
+    if args.json:
+        import json
+
+        print(json.dumps(s, indent=2, sort_keys=True))
+        return 0
+    errors = ", ".join(f"{c} {n}" for c, n in sorted(s["errors"].items())) or "none"
+    lines = [
+        (
+            "daemon",
+            f"running, pid {s['pid']}, stepline {s['version']}, up {_duration(s['uptime'])}",
+        ),
+        ("data dir", s["data_dir"]),
+        ("socket", s["socket"]),
+        ("dashboard", s["http"] or "off"),
+        ("clients", str(s["clients"])),
+        ("ingested", f"{s['rows']:,} rows in {s['batches']:,} requests, {s['commits']:,} commits"),
+        ("queued", f"{s['queued_requests']} requests, {s['queued_bytes']:,} bytes"),
+        ("writer", "healthy" if s["writer_healthy"] else "STUCK"),
+        ("errors", errors),
+    ]
+    width = max(len(k) for k, _ in lines)
+    for key, value in lines:
+        print(f"{key:<{width}}  {value}")
+    return 0 if s["writer_healthy"] else 1
+
+
+def delete(argv: list[str]) -> int:
+    ap = _parser(
+        "delete",
+        "Delete a run (every timeline of its id). Soft while forks read its rows: the id is "
+        "free again and reads no longer find it. --purge also removes the rows, refused "
+        "while a fork that is not deleted reads them.",
+    )
+    ap.add_argument("run", metavar="PROJECT/RUN_ID")
+    ap.add_argument("--purge", action="store_true", help="remove the rows for good too")
+    args = ap.parse_args(argv)
+    if args.run.count("/") != 1 or args.run.startswith("/") or args.run.endswith("/"):
+        ap.error(f"expected PROJECT/RUN_ID, got {args.run!r}")
+    with Api(socket=args.socket) as api:
+        out = api.delete(args.run, purge=args.purge)
+    what = f"deleted {args.run} ({out['timelines']} timelines)"
+    if args.purge:
+        what += f"; purged {out['purged']} timelines, {out['rows']:,} rows"
+    else:
+        what += "; rows kept until `stepline purge` finds nothing reading them"
+    print(what)
+    return 0
+
+
+def purge(argv: list[str]) -> int:
+    ap = _parser("purge", "Remove the rows of every deleted run that no live fork reads.")
+    args = ap.parse_args(argv)
+    with Api(socket=args.socket) as api:
+        out = api.purge()
+    print(
+        f"purged {out['purged']} timelines, {out['rows']:,} rows; "
+        f"{out['kept']} deleted timelines kept (live forks read them)"
+    )
+    return 0
+
+
+def backup(argv: list[str]) -> int:
+    ap = _parser(
+        "backup",
+        "Have the daemon write a consistent, compacted copy of its store to DEST while it "
+        "keeps serving. DEST must be new or empty, and writable by the daemon's user.",
+    )
+    ap.add_argument("dest", type=Path, help="a directory (created if missing)")
+    args = ap.parse_args(argv)
+    with Api(socket=args.socket, timeout=3600) as api:
+        out = api.backup(os.path.abspath(args.dest))
+    print(
+        f"backed up to {out['path']} ({out['bytes']:,} bytes); check it: stepline check --data-dir {out['path']}"
+    )
+    return 0
+
+
+def check(argv: list[str]) -> int:
+    try:
+        from stepline_daemon.check import main as check_main
+    except ImportError as exc:
+        print(
+            f"stepline check needs the daemon extra: pip install 'stepline[daemon]' ({exc})",
+            file=sys.stderr,
+        )
+        return 2
+    return check_main(argv)
+
+
+def systemd(argv: list[str]) -> int:
+    from stepline import units
+
+    return units.main(argv)
+
+
+COMMANDS: dict[str, Callable[[list[str]], int]] = {
+    "status": status,
+    "delete": delete,
+    "purge": purge,
+    "backup": backup,
+    "check": check,
+    "systemd": systemd,
+}
