@@ -102,6 +102,21 @@ class Harness:
         if "reads" in a.scenarios:
             n = 100_000 if a.quick else a.read_steps
             self.record("reads", lambda: scenarios.reads_and_forks(self.workdir(), n, 100, 3))
+        if "readers" in a.scenarios:
+            from bench.readers import readers
+
+            # Interleaves its own repetitions: one history set-up serves them all.
+            self.record(
+                "readers",
+                lambda: readers(
+                    self.workdir(),
+                    history_steps=20_000 if a.quick else a.reader_history_steps,
+                    writer_rows=100_000 if a.quick else a.writer_rows,
+                    repeats=a.repeats,
+                    modes=("none", "http") if a.quick else tuple(a.reader_modes.split(",")),
+                    alone_s=0.5 if a.quick else 1.0,
+                ),
+            )
         shutil.rmtree(self.tmp, ignore_errors=True)
         return {k: median_of(v) for k, v in self.raw.items()}
 
@@ -158,6 +173,14 @@ def targets(m: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
         "<= 20 ms",
         lambda v: v <= 20,
         "{:.1f} ms",
+    )
+    rd = m.get("readers")
+    add(
+        "ingest with an HTTP reader",
+        rd and rd.get("http_vs_none"),
+        ">= 90% of none",
+        lambda v: v >= 0.9,
+        "{:.0%} of none",
     )
     add(
         "fork creation (round trip)",
@@ -228,6 +251,8 @@ def table(m: dict[str, Any]) -> str:
         lines.append(
             f"fork init {v['fork_init_ms']:.2f} ms vs new empty run {v['new_run_init_ms']:.2f} ms (both include one fsync'd commit)"
         )
+    if "readers" in m:
+        lines += readers_table(m["readers"])
     lines.append("")
     lines.append(f"{'target':<28}{'measured':>20}  {'goal':<16}met")
     for name, value, goal, ok in targets(m):
@@ -235,6 +260,41 @@ def table(m: dict[str, Any]) -> str:
             f"{name:<28}{value:>20}  {goal:<16}{'-' if ok is None else ('yes' if ok else 'NO')}"
         )
     return "\n".join(lines)
+
+
+def readers_table(v: dict[str, Any]) -> list[str]:
+    """The readers scenario: ingest per reader mode, the reader's own figures, CPU."""
+    lines = [
+        f"4 writers x {v['rows'] // v['writers']:,} rows while a reader loops history"
+        f"(samples={v['samples']}, keys=loss,acc) of a {v['history_steps']:,}-step run;"
+        f" medians of {v['repeats']}, interleaved",
+        f"  {'reader':<12}{'rows/s':>9}{'vs none':>9}{'req/s':>7}{'p50 ms':>8}{'p99 ms':>8}"
+        f"  cores: {'daemon':>6}{'2nd':>5}{'writers':>8}{'foreign':>8}   rows/s per rep",
+    ]
+
+    def num(x: float | None, fmt: str) -> str:
+        return "-" if x is None else format(x, fmt)
+
+    for mode in v["modes"]:
+        ratio = v.get(f"{mode}_vs_none", 1.0 if mode == "none" else None)
+        reps = " ".join(f"{x / 1000:,.0f}k" for x in v[f"{mode}_rows_per_s_reps"])
+        lines.append(
+            f"  {mode:<12}{v[f'{mode}_rows_per_s']:>9,.0f}{num(ratio, '.0%'):>9}"
+            f"{num(v.get(f'{mode}_req_per_s'), '.1f'):>7}{num(v.get(f'{mode}_p50_ms'), '.1f'):>8}"
+            f"{num(v.get(f'{mode}_p99_ms'), '.0f'):>8}         "
+            f"{num(v.get(f'{mode}_daemon_cores'), '.2f'):>6}"
+            f"{num(v.get(f'{mode}_daemon2_cores'), '.2f'):>5}"
+            f"{num(v.get(f'{mode}_writers_cores'), '.2f'):>8}"
+            f"{num(v.get(f'{mode}_foreign_cores'), '.2f'):>8}   {reps}"
+        )
+    alone = [
+        f"{kind} p50 {v[f'alone_{kind}_p50_ms']:.1f} ms, {v[f'alone_{kind}_req_per_s']:.0f} req/s"
+        for kind in ("http", "socket")
+        if f"alone_{kind}_p50_ms" in v
+    ]
+    if alone:
+        lines.append(f"  the reader alone, no writers: {'; '.join(alone)}")
+    return lines
 
 
 def plots(m: dict[str, Any], out: Path) -> list[Path]:
@@ -302,7 +362,18 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=100_000, help="single-writer steps")
     ap.add_argument("--writer-rows", type=int, default=400_000)
     ap.add_argument("--read-steps", type=int, default=1_000_000)
-    ap.add_argument("--scenarios", default="single,writers,ceiling,latency,spill,reads")
+    ap.add_argument(
+        "--reader-history-steps",
+        type=int,
+        default=200_000,
+        help="steps of the run the readers scenario charts",
+    )
+    ap.add_argument(
+        "--reader-modes",
+        default="none,http,socket,http_apart",
+        help="readers scenario modes, of none,http,socket,http_apart (see bench/readers.py)",
+    )
+    ap.add_argument("--scenarios", default="single,writers,ceiling,latency,spill,reads,readers")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     args.scenarios = set(args.scenarios.split(","))

@@ -102,38 +102,51 @@ def _writer(socket: str, steps: int, barrier: Any, results: Any) -> None:
     make = row_maker()  # rows made on the fly: client RSS is the library's, not a row list's
     run = stepline.init(project="bench", socket=socket)
     barrier.wait()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for i in range(steps):
         run.log(make(i), step=i)
     run.finish(timeout=600)
-    t1 = time.perf_counter()
-    results.put((t0, t1, rss_peak_mib(mp.current_process().pid or 0)))
+    t1, c1 = time.perf_counter(), time.process_time()
+    results.put((t0, t1, rss_peak_mib(mp.current_process().pid or 0), c1 - c0))
 
 
-def writers(workdir: Path, n: int, total_rows: int) -> dict[str, Any]:
-    """Scenarios 2 and 6: n writer processes, aggregate durable rows/s, and RSS."""
-    d = daemon(workdir)
+def ingest(socket: str, n: int, total_rows: int) -> tuple[float, float, float, float]:
+    """n writer processes log ``total_rows // n`` rows each into new runs, released
+    together; returns when all are durable: (start, end, peak client RSS in MiB,
+    CPU seconds the writers used).
+
+    start and end are ``perf_counter`` times, comparable across processes (Linux's
+    monotonic clock), from the first writer's first ``log`` to the last ``finish``.
+    """
     ctx = mp.get_context("spawn")
     barrier, results = ctx.Barrier(n), ctx.Queue()
     per = total_rows // n
-    procs = [
-        ctx.Process(target=_writer, args=(str(d.socket), per, barrier, results)) for _ in range(n)
-    ]
-    sampler = Sampler(d.pid)
+    procs = [ctx.Process(target=_writer, args=(socket, per, barrier, results)) for _ in range(n)]
     try:
         for p in procs:
             p.start()
         got = [results.get(timeout=600) for _ in procs]
         for p in procs:
             p.join(60)
-        sampler.stop()
-        daemon_rss = rss_peak_mib(d.pid)
     finally:
         for p in procs:
             if p.is_alive():
                 p.kill()
-        d.stop()
     start, end = min(g[0] for g in got), max(g[1] for g in got)
+    return start, end, max(g[2] for g in got), sum(g[3] for g in got)
+
+
+def writers(workdir: Path, n: int, total_rows: int) -> dict[str, Any]:
+    """Scenarios 2 and 6: n writer processes, aggregate durable rows/s, and RSS."""
+    d = daemon(workdir)
+    per = total_rows // n
+    sampler = Sampler(d.pid)
+    try:
+        start, end, client_rss, _ = ingest(str(d.socket), n, total_rows)
+        daemon_rss = rss_peak_mib(d.pid)
+    finally:
+        sampler.stop()
+        d.stop()
     return {
         "writers": n,
         "rows": per * n,
@@ -141,7 +154,7 @@ def writers(workdir: Path, n: int, total_rows: int) -> dict[str, Any]:
         "daemon_rss_mib": daemon_rss,
         "daemon_anon_mib": sampler.anon,
         "daemon_mmap_mib": sampler.file,
-        "client_rss_mib_max": max(g[2] for g in got),
+        "client_rss_mib_max": client_rss,
     }
 
 
