@@ -11,12 +11,8 @@ JSON carries NaN and infinities as bare ``NaN``, ``Infinity`` and
 from __future__ import annotations
 
 import asyncio
-import csv
 import hmac
-import io
-import json
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -25,7 +21,8 @@ from typing import Any
 from aiohttp import web
 
 from stepline.errors import DaemonError, Error, RequestError, RunNotFound
-from stepline_daemon import openapi
+from stepline_daemon import openapi, render
+from stepline_daemon.render import dumps
 from stepline_daemon.server import Hub
 
 log = logging.getLogger("stepline.http")
@@ -42,10 +39,6 @@ TOKEN_COOKIE = "stepline_token"
 STREAM_COALESCE = 0.1
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), allow_nan=True).encode()
 
 
 def _json(body: bytes, status: int = 200) -> web.Response:
@@ -153,40 +146,6 @@ def _run_msg(request: web.Request) -> dict[str, Any]:
 # ------------------------------------------------------------------ rendering
 
 
-def to_columns(rows: list[dict[str, Any]], keys: list[str] | None) -> dict[str, list[Any]]:
-    """Rows as ``{"_step": [...], key: [...]}``, None where a row lacks a key."""
-    if keys is None:
-        names: dict[str, None] = {}
-        for row in rows:
-            names.update(dict.fromkeys(row))
-        keys = list(names)
-    cols: dict[str, list[Any]] = {"_step": [r["_step"] for r in rows]}
-    for k in keys:
-        if k != "_step":
-            cols[k] = [r.get(k) for r in rows]
-    return cols
-
-
-def csv_cell(value: Any) -> Any:
-    if value is None:
-        return ""
-    if value is True or value is False:
-        return "true" if value else "false"
-    if type(value) is float and not math.isfinite(value):
-        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-    return value
-
-
-def csv_text(rows: list[dict[str, Any]], keys: list[str], header: bool) -> bytes:
-    out = io.StringIO()
-    w = csv.writer(out, lineterminator="\n")
-    if header:
-        w.writerow(["_step", *keys])
-    for row in rows:
-        w.writerow([row["_step"], *(csv_cell(row.get(k)) for k in keys)])
-    return out.getvalue().encode()
-
-
 def _sse(event: str, data: bytes, event_id: int | None = None) -> bytes:
     head = f"event: {event}\n" + (f"id: {event_id}\n" if event_id is not None else "")
     return head.encode() + b"data: " + data + b"\n\n"
@@ -202,12 +161,8 @@ class Http:
         self.url: str | None = None
         self._streams: set[asyncio.Task[Any]] = set()
 
-    async def _read(
-        self, op: str, msg: dict[str, Any], render: Callable[[Any], Any] = dumps
-    ) -> Any:
-        """A read and its rendering, both on a read-pool thread."""
-        hub = self.hub
-        return await hub.loop.run_in_executor(hub.reads, lambda: render(hub.read(op, msg)))
+    async def _read(self, op: str, msg: dict[str, Any], spec: render.Spec = ("json",)) -> Any:
+        return await self.hub.query(op, msg, spec)
 
     def app(self) -> web.Application:
         guards = (
@@ -283,17 +238,11 @@ class Http:
                 msg["samples"] = samples
             return await self._csv(request, msg, keys)
 
-        def render(result: dict[str, Any]) -> bytes:
-            rows = result["rows"]
-            nxt = result.get("next")
-            if fmt == "columns":
-                return dumps({**to_columns(rows, keys), "next": nxt})
-            return dumps({"rows": rows, "next": nxt})
-
+        spec = ("rows", fmt, keys)
         if samples is not None:
-            return _json(await self._read("history", {**msg, "samples": samples}, render))
+            return _json(await self._read("history", {**msg, "samples": samples}, spec))
         limit = _int_param(request, "limit", 1, MAX_PAGE_ROWS) or PAGE_ROWS
-        return _json(await self._read("page", {**msg, "limit": limit}, render))
+        return _json(await self._read("page", {**msg, "limit": limit}, spec))
 
     async def _csv(
         self, request: web.Request, msg: dict[str, Any], keys: list[str] | None
@@ -302,10 +251,10 @@ class Http:
         columns: list[str] = (
             [k for k in keys if k != "_step"]
             if keys is not None
-            else await self._read("keys", msg, lambda r: r["keys"])
+            else (await self._read("keys", msg, None))["keys"]
         )
         if "samples" in msg:
-            first = await self._read("history", msg, lambda r: csv_text(r["rows"], columns, True))
+            first, _ = await self._read("history", msg, ("csv", columns, True))
             pages: list[bytes] | None = [first]
         else:
             pages = None
@@ -322,11 +271,7 @@ class Http:
             page = {**msg, "limit": CSV_PAGE_ROWS}
             header = True
             while True:
-
-                def render(result: dict[str, Any], header: bool = header) -> tuple[bytes, Any]:
-                    return csv_text(result["rows"], columns, header), result["next"]
-
-                text, nxt = await self._read("page", page, render)
+                text, nxt = await self._read("page", page, ("csv", columns, header))
                 await resp.write(text)
                 header = False
                 if nxt is None:
@@ -344,7 +289,7 @@ class Http:
         """
         msg = _run_msg(request)
         keys = _keys_param(request)
-        state = await self._read("state", msg, lambda r: r)
+        state = await self._read("state", msg, None)
         after = _int_param(request, "after", -1, 2**63 - 1)
         last_id = request.headers.get("Last-Event-ID", "")
         if after is None and last_id.lstrip("-").isdigit():
@@ -371,14 +316,14 @@ class Http:
                 while True:
                     changed.clear()  # before reading: a commit during the read re-arms it
                     page = {**base, "min_step": after + 1, "limit": CSV_PAGE_ROWS}
-                    result = await self._read("page", page, lambda r: r)
+                    result = await self._read("page", page, None)
                     if result["rows"]:
                         after = result["rows"][-1]["_step"]
                         await resp.write(_sse("rows", dumps({"rows": result["rows"]}), after))
                     if result["next"] is not None:
                         after = result["next"] - 1
                         continue
-                    now = await self._read("state", base, lambda r: r)
+                    now = await self._read("state", base, None)
                     if now != state:
                         state = now
                         await resp.write(_sse("state", dumps(state)))

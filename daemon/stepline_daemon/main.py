@@ -195,6 +195,8 @@ async def serve(settings: Settings, store: Store, listener: socket.socket | None
         await asyncio.wait(losses, timeout=5)
     hub.writer.stop(timeout=settings.drain_timeout)
     hub.reads.shutdown(wait=True, cancel_futures=True)
+    if hub.workers is not None:
+        hub.workers.shutdown(wait=True, cancel_futures=True)
     notifier.close()
 
 

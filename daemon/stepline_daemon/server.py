@@ -13,13 +13,14 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import multiprocessing
 import operator
 import os
 import socket
 import struct
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, cast
 
@@ -36,7 +37,7 @@ from stepline.rows import (
     check_step,
     chunks_of,
 )
-from stepline_daemon import queries
+from stepline_daemon import queries, read_worker, render
 from stepline_daemon.settings import Settings
 from stepline_daemon.store import Row, Store
 from stepline_daemon.writer import SEQ_OPS, ResizeGate, Writer, WriteRequest, error_reply
@@ -180,6 +181,17 @@ class Hub:
         self.gate = ResizeGate()
         self.writer = Writer(store, self._post, self.gate, settings.max_group)
         self.reads = ThreadPoolExecutor(settings.read_threads, thread_name_prefix="stepline-read")
+        # Spawned (never forked: this process has threads) on the first heavy read.
+        self.workers = (
+            ProcessPoolExecutor(
+                settings.read_processes,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=read_worker.start,
+                initargs=(str(settings.data_dir),),
+            )
+            if settings.read_processes
+            else None
+        )
         self.connections: set[Connection] = set()
         self.stopping = False
         self.queued_bytes = 0
@@ -238,6 +250,15 @@ class Hub:
             "errors": dict(m.errors),
             "writer_healthy": self.writer.healthy(stuck_after=30.0),
         }
+
+    async def query(self, op: str, msg: dict[str, Any], spec: render.Spec = ("json",)) -> Any:
+        """A read, rendered by ``spec``: heavy ones in a worker process, the rest
+        on a read thread; never on the loop."""
+        if op in read_worker.HEAVY and self.workers is not None:
+            return await self.loop.run_in_executor(self.workers, read_worker.run, op, msg, spec)
+        return await self.loop.run_in_executor(
+            self.reads, lambda: render.render(spec, queries.result_of(self.read(op, msg)))
+        )
 
     def backup(self, msg: dict[str, Any]) -> dict[str, Any]:
         """A consistent, compacted copy of the store, taken while serving."""
@@ -509,7 +530,12 @@ class Connection(asyncio.Protocol):
         self.send(reply)
 
     def _read(self, op: str, msg: dict[str, Any]) -> None:
-        fut = self.hub.loop.run_in_executor(self.hub.reads, self.hub.read, op, msg)
+        if op in read_worker.HEAVY:
+            fut: asyncio.Future[Any] = asyncio.ensure_future(
+                self.hub.query(op, msg, ("frame", msg.get("rid")))
+            )
+        else:
+            fut = self.hub.loop.run_in_executor(self.hub.reads, self.hub.read, op, msg)
 
         def done(f: asyncio.Future[Any]) -> None:
             exc = f.exception()

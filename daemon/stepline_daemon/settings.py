@@ -53,6 +53,9 @@ class Settings:
     # Most requests one write transaction takes; bounds the latency a commit adds.
     max_group: int = 1024
     read_threads: int = 4
+    # Worker processes for history reads (0: on the read threads instead). Their
+    # own interpreters keep a dashboard's reads from slowing ingest.
+    read_processes: int = 2
     # Frame bytes queued for the writer, all connections together, before the
     # daemon stops reading from the ones sending more. Decoded rows take several
     # times their frame size in memory, so this bounds the daemon's RSS.
@@ -91,6 +94,9 @@ class Settings:
         p.add_argument("--socket", help="Unix socket path (env STEPLINE_SOCKET; default XDG)")
         p.add_argument("--map-size", type=int, help="initial LMDB map size in bytes")
         p.add_argument("--read-threads", type=int)
+        p.add_argument(
+            "--read-processes", type=int, help="history read worker processes (default 2; 0: none)"
+        )
         p.add_argument(
             "--http",
             help="HOST:PORT for the dashboard and JSON API, or off "
@@ -176,6 +182,7 @@ class Settings:
         bounds = {
             "map_size": (args.map_size, 1024 * 1024),
             "read_threads": (args.read_threads, 1),
+            "read_processes": (args.read_processes, 0),
             "max_frame": (args.max_frame, 64 * 1024),
             "max_keys_per_row": (args.max_keys_per_row, 1),
             "max_value_len": (args.max_value_len, 1),

@@ -146,29 +146,37 @@ class Store:
         map_size: int,
         snapshot_every: int = SNAPSHOT_EVERY,
         max_runs: int = 100_000,
+        readonly: bool = False,
     ) -> None:
+        """``readonly``: a reader beside the daemon (read workers, ``check``);
+        ``map_size`` 0 then takes the map size the store was left with."""
         self.snapshot_every = snapshot_every
         self.max_runs = max_runs
         # Writes happen on one thread at a time (the writer), so one Packer serves.
         self._pack_row = msgpack.Packer(use_bin_type=True).pack
-        path.mkdir(parents=True, exist_ok=True)
+        if not readonly:
+            path.mkdir(parents=True, exist_ok=True)
         self.env = lmdb.open(
             str(path),
-            map_size=map_size,
+            map_size=map_size or 1024 * 1024,
             max_dbs=8,
             # An ack promises the rows survive power loss: keep full fsync.
             sync=True,
             metasync=True,
             readahead=False,
             max_readers=256,
+            readonly=readonly,
+            create=not readonly,
         )
-        self.history = self.env.open_db(b"history")
-        self.runs = self.env.open_db(b"runs")
-        self.names = self.env.open_db(b"names")
-        self.children = self.env.open_db(b"children")
-        self.seqs = self.env.open_db(b"seqs")
-        self.snaps = self.env.open_db(b"snaps")
-        self.meta = self.env.open_db(b"meta")
+        dbs = [
+            self.env.open_db(name, create=not readonly)
+            for name in (b"history", b"runs", b"names", b"children", b"seqs", b"snaps", b"meta")
+        ]
+        self.history, self.runs, self.names, self.children, self.seqs, self.snaps, self.meta = dbs
+        if readonly:
+            return
+        # Reader slots of processes that died (a killed daemon's read workers).
+        self.env.reader_check()
         with self.env.begin(write=True) as txn:
             schema = txn.get(b"schema", db=self.meta)
             if schema is None:
