@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo lint bench bench-peers clean assets browser
+.PHONY: test demo lint bench bench-peers clean assets browser tools
 
 # The dashboard's chart library, fetched from the npm registry at the version
 # web/package-lock.json pins, and copied where the daemon serves /static/.
@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[daemon,test]' pandas numpy
 	touch $(STAMP)
 
-test: $(STAMP) assets browser
+test: $(STAMP) assets browser tools
 	$(PY) -m pytest -q
 
 assets: $(VENDORED)
@@ -44,6 +44,16 @@ $(VENDOR)/%: $(NPM_STAMP)
 	cp web/node_modules/uplot/dist/$* $@
 
 browser: $(CHROMIUM)
+
+# The systemd tests run the real systemd-analyze and systemd-socket-activate,
+# and strace for the sandbox check.
+tools: /usr/bin/systemd-analyze /usr/bin/strace
+
+/usr/bin/systemd-analyze:
+	$(call apt_install,systemd)
+
+/usr/bin/strace:
+	$(call apt_install,strace)
 
 $(CHROMIUM):
 	$(call apt_install,chromium)
