@@ -142,3 +142,26 @@ def test_bad_settings_are_refused_at_start(
     proc = d.spawn(*args)
     assert proc.wait(30) == 2
     assert message in d.log()
+
+
+def test_the_map_starts_small_and_grows_under_writers_and_readers(short_tmp: Path) -> None:
+    d = _daemon(short_tmp, "--map-size", str(1024 * 1024))
+    try:
+        run = stepline.init(project="p", id="grow", socket=str(d.socket))
+        run.log({"x": 0})
+        run.flush()
+        chart = f"{d.http_url}/api/projects/p/runs/grow/history?keys=x&samples=100&format=columns"
+        # A worker process opens the store now, at the small map size.
+        assert json.loads(urllib.request.urlopen(chart).read())["_step"] == [0]
+        blob = "y" * 1000
+        for i in range(1, 20_000):  # ~20 MB: the map must double several times
+            run.log({"x": i, "blob": blob})
+        run.finish()
+        assert d.log().count("LMDB map full; growing it") >= 4
+        cols = json.loads(urllib.request.urlopen(chart).read())  # the worker adopts the new size
+        assert cols["_step"][0] == 0 and cols["_step"][-1] == 19_999
+        api = stepline.Api(socket=str(d.socket))
+        assert [r["x"] for r in api.run("p/grow").scan_history(keys=["x"])] == list(range(20_000))
+        api.close()
+    finally:
+        assert d.stop() == 0
