@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo lint bench bench-peers clean assets browser tools
+.PHONY: test demo lint bench bench-peers clean assets browser tools gauntlet
 
 # The dashboard's chart library, fetched from the npm registry at the version
 # web/package-lock.json pins, and copied where the daemon serves /static/.
@@ -57,6 +57,13 @@ tools: /usr/bin/systemd-analyze /usr/bin/strace
 
 $(CHROMIUM):
 	$(call apt_install,chromium)
+
+# The long form of tests/gauntlet (crash loops, fuzzing, load; ~30 min), then
+# its figures into the README. `make test` runs the short form.
+gauntlet: $(STAMP) assets browser tools
+	rm -rf tests/gauntlet/results
+	STEPLINE_GAUNTLET=long $(PY) -m pytest -q -p no:cacheprovider --timeout 1800 tests/gauntlet
+	$(PY) -m tests.gauntlet.report
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
