@@ -39,6 +39,10 @@ class ProtocolError(Error):
         super().__init__(message)
         self.code = code
 
+    def __reduce__(self) -> tuple[type[ProtocolError], tuple[str, str]]:
+        # Crosses process boundaries (the daemon's read workers) intact.
+        return type(self), (self.code, self.message)
+
 
 class DaemonUnavailable(Error, ConnectionError):
     code = "unavailable"

@@ -16,6 +16,7 @@ import math
 from typing import Any
 
 from stepline import protocol
+from stepline.errors import ProtocolError
 
 Spec = tuple[Any, ...] | None
 
@@ -74,5 +75,10 @@ def render(spec: Spec, result: Any) -> Any:
         _, columns, header = spec
         return csv_text(result["rows"], columns, header), result.get("next")
     if kind == "frame":
-        return protocol.encode({"op": "ok", "rid": spec[1], "result": result})
+        try:
+            return protocol.encode({"op": "ok", "rid": spec[1], "result": result})
+        except ProtocolError as exc:  # a reply over the frame limit: say so instead
+            return protocol.encode(
+                {"op": "error", "code": "reply_too_large", "message": exc.message, "rid": spec[1]}
+            )
     raise ValueError(f"unknown render spec {spec!r}")

@@ -21,6 +21,7 @@ import struct
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, cast
 
@@ -181,17 +182,7 @@ class Hub:
         self.gate = ResizeGate()
         self.writer = Writer(store, self._post, self.gate, settings.max_group)
         self.reads = ThreadPoolExecutor(settings.read_threads, thread_name_prefix="stepline-read")
-        # Spawned (never forked: this process has threads) on the first heavy read.
-        self.workers = (
-            ProcessPoolExecutor(
-                settings.read_processes,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=read_worker.start,
-                initargs=(str(settings.data_dir),),
-            )
-            if settings.read_processes
-            else None
-        )
+        self.workers = self._worker_pool()
         self.connections: set[Connection] = set()
         self.stopping = False
         self.queued_bytes = 0
@@ -251,11 +242,34 @@ class Hub:
             "writer_healthy": self.writer.healthy(stuck_after=30.0),
         }
 
+    def _worker_pool(self) -> ProcessPoolExecutor | None:
+        """Read worker processes, spawned (never forked: this process has threads)
+        on the first heavy read."""
+        if not self.settings.read_processes:
+            return None
+        return ProcessPoolExecutor(
+            self.settings.read_processes,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=read_worker.start,
+            initargs=(str(self.settings.data_dir),),
+        )
+
     async def query(self, op: str, msg: dict[str, Any], spec: render.Spec = ("json",)) -> Any:
         """A read, rendered by ``spec``: heavy ones in a worker process, the rest
         on a read thread; never on the loop."""
         if op in read_worker.HEAVY and self.workers is not None:
-            return await self.loop.run_in_executor(self.workers, read_worker.run, op, msg, spec)
+            for attempt in (1, 2):
+                pool = self.workers
+                assert pool is not None
+                try:
+                    return await self.loop.run_in_executor(pool, read_worker.run, op, msg, spec)
+                except BrokenProcessPool:
+                    # A worker died (the OOM killer, say): a fresh pool, then one retry.
+                    log.error("a read worker died; starting new ones (attempt %d)", attempt)
+                    if self.workers is pool:
+                        self.workers = self._worker_pool()
+                        pool.shutdown(wait=False, cancel_futures=True)
+            raise DaemonError("the read workers keep dying; see the daemon log")
         return await self.loop.run_in_executor(
             self.reads, lambda: render.render(spec, queries.result_of(self.read(op, msg)))
         )

@@ -464,6 +464,7 @@ class Store:
                 )
             if run_id is not None and self.lookup(txn, project, run_id) is not None:
                 raise RunExists(f"run {run_id!r} already exists in project {project!r}")
+            self._count_run(txn, project)
             rec = self._branch(txn, project, run_id, parent, step, **common)
             return self._created(txn, rec, "fork")
 
@@ -514,6 +515,7 @@ class Store:
             raise RunNotFound(f"resume='must': run {run_id!r} does not exist in {project!r}")
         if run_id is None:
             run_id = self._fresh_id(txn, project)
+        self._count_run(txn, project)
         rec = self._new_record(txn, project, run_id, None, -1, **common)
         return self._created(txn, rec, "new")
 
@@ -619,11 +621,8 @@ class Store:
         return stats
 
     def _created(self, txn: lmdb.Transaction, rec: Record, how: str) -> dict[str, Any]:
-        name = self._name_key(rec["project"], rec["id"])
-        if txn.get(name, db=self.names) is None:
-            self._count_run(txn, rec["project"])
         self._put_record(txn, rec)
-        txn.put(name, _U64.pack(rec["run_no"]), db=self.names)
+        txn.put(self._name_key(rec["project"], rec["id"]), _U64.pack(rec["run_no"]), db=self.names)
         return self._reply(rec, how)
 
     @staticmethod

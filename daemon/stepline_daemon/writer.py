@@ -33,6 +33,9 @@ ReplyFn = Callable[[Reply], None]
 Post = Callable[[list[tuple[ReplyFn, Reply]], set[int]], None]
 
 SEQ_OPS = frozenset({"log", "config", "summary", "metric", "finish"})
+# Requests without a seq to record when refused, each applied in a nested
+# transaction. (Refused seq requests must still record their seq.)
+_SAVEPOINTED = frozenset({"init", "delete", "purge"})
 
 
 @dataclass(eq=False)
@@ -211,6 +214,9 @@ class Writer:
         txn = store.env.begin(write=True)
         try:
             for req in group:
+                if req.op in _SAVEPOINTED:
+                    results.append((req, self._savepointed(txn, req)))
+                    continue
                 try:
                     results.append((req, self._apply_one(txn, req)))
                 except RequestError as exc:
@@ -222,6 +228,22 @@ class Writer:
         applied = sum(1 for _, reply in results if reply is not None and reply.get("op") != "error")
         self.metrics.committed(time.perf_counter() - began, self._rows_in_txn, applied)
         return results
+
+    def _savepointed(self, txn: lmdb.Transaction, req: WriteRequest) -> Reply | None:
+        """Apply ``req`` in a nested transaction: refused, it leaves no trace even
+        if it had written before finding out (a safety net under the store's own
+        validate-first rule)."""
+        child = self._store.env.begin(write=True, parent=txn)
+        try:
+            reply = self._apply_one(child, req)
+        except RequestError as exc:
+            child.abort()
+            return error_reply(exc, req.msg)
+        except BaseException:
+            child.abort()
+            raise
+        child.commit()
+        return reply
 
     def _apply_one(self, txn: lmdb.Transaction, req: WriteRequest) -> Reply | None:
         store, msg = self._store, req.msg

@@ -6,6 +6,8 @@ import grp
 import json
 import os
 import stat
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -165,3 +167,28 @@ def test_the_map_starts_small_and_grows_under_writers_and_readers(short_tmp: Pat
         api.close()
     finally:
         assert d.stop() == 0
+
+
+def test_a_fork_refused_at_the_run_limit_leaves_no_trace(short_tmp: Path) -> None:
+    d = _daemon(short_tmp, "--max-runs-per-project", "2")
+    try:
+        for run_id in ("a", "b"):
+            run = stepline.init(project="p", id=run_id, socket=str(d.socket))
+            run.log({"x": 1})
+            run.log({"x": 2})
+            run.finish()
+        with pytest.raises(stepline.LimitExceeded):
+            stepline.init(project="p", id="c", fork_from="a?_step=1", socket=str(d.socket))
+        api = stepline.Api(socket=str(d.socket))
+        assert api.run("p/a").children == []
+        assert [r["x"] for r in api.run("p/a").scan_history()] == [1, 2]
+        api.close()
+    finally:
+        assert d.stop() == 0
+    done = subprocess.run(
+        [sys.executable, "-m", "stepline_daemon.check", "--data-dir", str(d.data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout

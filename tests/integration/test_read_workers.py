@@ -1,0 +1,58 @@
+"""History reads in worker processes: failures stay one request's problem."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import urllib.request
+
+import pytest
+
+import stepline
+from tests.conftest import Daemon
+
+
+def _workers(daemon: Daemon) -> list[int]:
+    """The daemon's read worker processes (spawned children running spawn_main)."""
+    out = subprocess.run(["pgrep", "-P", str(daemon.pid)], capture_output=True, text=True)
+    kids = [int(p) for p in out.stdout.split()]
+    return [p for p in kids if b"spawn_main" in open(f"/proc/{p}/cmdline", "rb").read()]
+
+
+def _chart(daemon: Daemon, run_id: str) -> bytes:
+    url = f"{daemon.http_url}/api/projects/p/runs/{run_id}/history?keys=x&samples=50&format=columns"
+    with urllib.request.urlopen(url, timeout=30) as resp:
+        return resp.read()
+
+
+def test_a_dead_worker_is_replaced_and_reads_go_on(daemon: Daemon) -> None:
+    run = stepline.init(project="p", id="r", socket=str(daemon.socket))
+    for i in range(100):
+        run.log({"x": i})
+    run.finish()
+    first = _chart(daemon, "r")
+    workers = _workers(daemon)
+    assert workers, "history reads run in worker processes"
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)  # as the OOM killer would
+    assert _chart(daemon, "r") == first
+    assert _chart(daemon, "r") == first
+    assert "a read worker died" in daemon.log()
+
+
+def test_a_reply_over_the_frame_limit_is_a_typed_error_and_reads_go_on(daemon: Daemon) -> None:
+    run = stepline.init(project="p", id="big", socket=str(daemon.socket))
+    blob = "z" * 200_000
+    for i in range(100):
+        run.log({"x": i, "blob": blob})  # 100 rows x 200 KB: a 20 MB reply
+    run.finish()
+    api = stepline.Api(socket=str(daemon.socket))
+    with pytest.raises(stepline.RequestError, match="exceeds") as caught:
+        api.run("p/big").history(samples=100, pandas=False)
+    assert caught.value.code == "reply_too_large"
+    # The pool survived: small reads still work, over the socket and HTTP.
+    rows = api.run("p/big").history(keys=["x"], samples=10, pandas=False)
+    assert rows[0]["x"] == 0 and rows[-1]["x"] == 99
+    api.close()
+    assert b'"x":[0' in _chart(daemon, "big")
