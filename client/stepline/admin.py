@@ -75,11 +75,14 @@ def delete(argv: list[str]) -> int:
     )
     ap.add_argument("run", metavar="PROJECT/RUN_ID")
     ap.add_argument("--purge", action="store_true", help="remove the rows for good too")
+    ap.add_argument(
+        "--force", action="store_true", help="also a run that crashed in the last minute"
+    )
     args = ap.parse_args(argv)
     if args.run.count("/") != 1 or args.run.startswith("/") or args.run.endswith("/"):
         ap.error(f"expected PROJECT/RUN_ID, got {args.run!r}")
     with Api(socket=args.socket) as api:
-        out = api.delete(args.run, purge=args.purge)
+        out = api.delete(args.run, purge=args.purge, force=args.force)
     what = f"deleted {args.run} ({out['timelines']} timelines)"
     if args.purge:
         what += f"; purged {out['purged']} timelines, {out['rows']:,} rows"

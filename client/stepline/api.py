@@ -66,14 +66,15 @@ class Api:
         result: dict[str, Any] = self._call({"op": "status"})
         return result
 
-    def delete(self, path: str, purge: bool = False) -> dict[str, Any]:
+    def delete(self, path: str, purge: bool = False, force: bool = False) -> dict[str, Any]:
         """Delete run ``project/id`` (all its timelines). Soft by default: the id is
         free again and reads no longer find it, while forks keep reading its rows.
         ``purge=True`` also removes the rows; refused (``InUse``) while a fork that is
-        not deleted reads them."""
+        not deleted reads them. A run that crashed in the last minute (its process may
+        be reconnecting) needs ``force=True``."""
         project, _, run_id = path.partition("/")
         result: dict[str, Any] = self._call(
-            {"op": "delete", "project": project, "id": run_id, "purge": purge}
+            {"op": "delete", "project": project, "id": run_id, "purge": purge, "force": force}
         )
         return result
 

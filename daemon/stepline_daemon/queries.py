@@ -272,7 +272,12 @@ def downsample(
         return []
     lo, hi = edges
     budget = samples * READ_PER_SAMPLE
-    if hi - lo < budget:
+    # Few enough rows (counted on keys alone, no values read) to read them all.
+    if (
+        hi - lo < budget
+        or sum(1 for _ in itertools.islice(store.iter_keys(txn, segs, lo, hi + 1), budget + 1))
+        <= budget
+    ):
         source = store.iter_rows(txn, segs, lo, hi + 1)
         rows = [r for step, packed in source if (r := _select(packed, step, keys, require_all))]
     else:
@@ -312,7 +317,7 @@ def _strided(
     if a == b:
         return [head]
     out = [head]
-    targets = [a + i * (b - a) // (budget - 1) for i in range(1, budget - 1)]
+    targets = [a + 1 + i * (b - a - 1) // (budget - 1) for i in range(budget - 1)]
     limits = [*targets[1:], b] if targets else []
     for target, limit in zip(targets, limits, strict=True):
         start = max(target, out[-1]["_step"] + 1)

@@ -57,6 +57,9 @@ SCHEMA_VERSION = 1
 # Small enough that a fork's bounded scan is well under a millisecond; a snapshot
 # every 64 rows costs a few bytes per row.
 SNAPSHOT_EVERY = 64
+# How long a crashed run is protected from delete (without force): its client
+# may just be reconnecting.
+CRASH_GRACE = 60.0
 
 _U64 = struct.Struct(">Q")
 # For splicing ``_step`` into stored rows: a fixmap header one entry larger, and
@@ -755,6 +758,17 @@ class Store:
             raise RunNotWritable(
                 f"run {rec['id']!r} is running; finish it (or let its process end) first"
             )
+        if (
+            rec["state"] == State.CRASHED
+            and time.time() - rec["updated"] < CRASH_GRACE
+            and not msg.get("force")
+        ):
+            # After a daemon restart every live run reads crashed until its client
+            # reconnects and writes: deleting it would lose what that client sends.
+            raise RunNotWritable(
+                f"run {rec['id']!r} crashed less than {CRASH_GRACE:.0f}s ago and its process may "
+                "still reconnect; wait, or delete with force"
+            )
         own = [rec] + [self.record(txn, a["run_no"]) for a in self.archived(txn, rec)]
         # Decided before the first put: a refused purge leaves the run as it was.
         doomed = self._deleted_closure(txn, [t["run_no"] for t in own]) if msg.get("purge") else []
@@ -770,7 +784,7 @@ class Store:
             txn.put(key, _U64.pack(max(0, _U64.unpack(raw)[0] - 1)), db=self.meta)
         out: dict[str, Any] = {"id": rec["id"], "timelines": len(own), "purged": 0, "rows": 0}
         out["purged"] = len(doomed)
-        out["rows"] = sum(self._purge(txn, run_no) for run_no in doomed)
+        out["rows"] = self._purge_all(txn, doomed)
         return out
 
     def purge_deleted(self, txn: lmdb.Transaction) -> dict[str, Any]:
@@ -786,7 +800,22 @@ class Store:
                 doomed.update(self._deleted_closure(txn, [run_no]))
             except InUse:
                 continue  # a live fork still reads it: kept, soft-deleted
-        rows = sum(self._purge(txn, run_no) for run_no in sorted(doomed))
+        # A rewind's newer timeline goes only with the older one it archived, so a
+        # kept timeline never names a purged one in ``archived_by``.
+        changed = True
+        while changed:
+            changed = False
+            for run_no in list(doomed):
+                parent = deleted[run_no]["parent"]
+                older = deleted.get(parent[0]) if parent is not None else None
+                if (
+                    older is not None
+                    and older["id"] == deleted[run_no]["id"]
+                    and parent[0] not in doomed
+                ):
+                    doomed.discard(run_no)
+                    changed = True
+        rows = self._purge_all(txn, sorted(doomed))
         return {"purged": len(doomed), "rows": rows, "kept": len(deleted) - len(doomed)}
 
     def _deleted_closure(self, txn: lmdb.Transaction, roots: list[int]) -> list[int]:
@@ -829,12 +858,18 @@ class Store:
             while cast(bytes, cur.key()).startswith(prefix):
                 if not cur.delete():
                     break
-        suffix = b"\0" + _U64.pack(run_no)
-        keys = map(bytes, txn.cursor(db=self.seqs).iternext(values=False))
-        stale = [k for k in keys if k.endswith(suffix)]
-        for k in stale:
-            txn.delete(k, db=self.seqs)
         txn.delete(_U64.pack(run_no), db=self.runs)
+        return rows
+
+    def _purge_all(self, txn: lmdb.Transaction, doomed: list[int]) -> int:
+        """``_purge`` each, and their batch seqs in one pass over ``seqs``."""
+        if not doomed:
+            return 0
+        rows = sum(self._purge(txn, run_no) for run_no in doomed)
+        gone = {_U64.pack(n) for n in doomed}
+        keys = map(bytes, txn.cursor(db=self.seqs).iternext(values=False))
+        for k in [k for k in keys if k[-8:] in gone and k[-9:-8] == b"\0"]:
+            txn.delete(k, db=self.seqs)
         return rows
 
     def crash_orphans(self) -> int:

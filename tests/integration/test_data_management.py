@@ -202,3 +202,44 @@ def test_check_main_in_process(daemon: Daemon, capsys: pytest.CaptureFixture[str
     log(daemon, "a", 5)
     assert check.main(["--data-dir", str(daemon.data_dir), "--quick"]) == 0
     assert "is consistent" in capsys.readouterr().out
+
+
+def test_gc_keeps_a_rewind_chain_together(daemon: Daemon) -> None:
+    log(daemon, "a", 50)
+    log(daemon, "f", 5, fork_from="a?_step=9")  # reads a's first timeline
+    log(daemon, "a", 5, resume_from="a?_step=29")  # a rewind: a's second timeline
+    api = stepline.Api(socket=str(daemon.socket))
+    api.delete(f"{P}/a")
+    # The first timeline is kept (f reads it), so the second, which it names as
+    # archived_by, is kept too.
+    assert api.purge() == {"purged": 0, "rows": 0, "kept": 2}
+    assert rows(api, "f") == list(range(15))
+    api.delete(f"{P}/f")
+    assert api.purge() == {"purged": 3, "rows": 50 + 5 + 5, "kept": 0}
+    api.close()
+    daemon.stop()
+    done = run_check(daemon.data_dir)
+    assert done.returncode == 0, done.stdout
+
+
+def test_delete_waits_for_a_crashed_run_that_may_reconnect(daemon: Daemon) -> None:
+    run = stepline.init(project=P, id="live", socket=str(daemon.socket))
+    run.log({"x": 1})
+    run.flush()
+    daemon.stop()
+    daemon.start()  # the run reads crashed until its client writes again
+    api = stepline.Api(socket=str(daemon.socket))
+    assert api.run(f"{P}/live").state == "crashed"
+    with pytest.raises(stepline.RunNotWritable, match="may still reconnect"):
+        api.delete(f"{P}/live")
+    run.log({"x": 2})
+    run.finish()  # it did reconnect: nothing was lost
+    assert [r["x"] for r in api.run(f"{P}/live").scan_history()] == [1, 2]
+    orphan = stepline.init(project=P, id="gone", socket=str(daemon.socket))
+    orphan.log({"x": 1})
+    orphan.flush()
+    api.close()
+    daemon.stop()
+    daemon.start()
+    with stepline.Api(socket=str(daemon.socket)) as api:
+        assert api.delete(f"{P}/gone", force=True)["timelines"] == 1
