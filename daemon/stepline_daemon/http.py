@@ -11,6 +11,7 @@ JSON carries NaN and infinities as bare ``NaN``, ``Infinity`` and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import time
@@ -49,6 +50,21 @@ def _error(status: int, code: str, message: str) -> web.Response:
     return _json(dumps({"error": {"code": code, "message": message}}), status)
 
 
+_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+@web.middleware
+async def _loopback_host(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Without a token, only requests addressed to a loopback name: a web page
+    that rebinds its own DNS name to 127.0.0.1 gets no answer."""
+    given = request.host or ""
+    # "[::1]:port", or "name:port"
+    host = given[1:].split("]", 1)[0] if given.startswith("[") else given.rsplit(":", 1)[0]
+    if host.lower() not in _LOOPBACK_HOSTS:
+        return _error(403, "forbidden_host", f"Host {given!r} is not a loopback address")
+    return await handler(request)
+
+
 @web.middleware
 async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every failure as ``{"error": {"code", "message"}}`` with a fitting status."""
@@ -85,13 +101,14 @@ def _token_guard(token: str) -> Any:
         auth = request.headers.get("Authorization", "")
         bearer = auth[7:] if auth.startswith("Bearer ") else None
         from_query = request.query.get("token")
-        if not (
-            matches(bearer) or matches(request.cookies.get(TOKEN_COOKIE)) or matches(from_query)
-        ):
+        # Cookies are not scoped by port: the name carries it, so another local
+        # server's cookie never stands in for ours, nor ours for it.
+        cookie = f"{TOKEN_COOKIE}_{request.url.port}"
+        if not (matches(bearer) or matches(request.cookies.get(cookie)) or matches(from_query)):
             return _error(401, "unauthorized", "this daemon needs its HTTP token")
         resp = await handler(request)
         if matches(from_query) and not resp.prepared:
-            resp.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="Strict")
+            resp.set_cookie(cookie, token, httponly=True, samesite="Strict")
         return resp
 
     return guard
@@ -166,7 +183,7 @@ class Http:
 
     def app(self) -> web.Application:
         guards = (
-            []
+            [_loopback_host]
             if self.hub.settings.http_token is None
             else [_token_guard(self.hub.settings.http_token)]
         )
@@ -247,7 +264,12 @@ class Http:
     async def _csv(
         self, request: web.Request, msg: dict[str, Any], keys: list[str] | None
     ) -> web.StreamResponse:
-        """The whole (or sampled) history as CSV, a page at a time."""
+        """The whole (or sampled) history as CSV, a page at a time.
+
+        Everything that can fail for a reason the caller should hear is checked
+        before the response starts; a failure after that cuts the body short.
+        """
+        state = await self._read("state", msg, None)  # a 404 while one can be sent
         columns: list[str] = (
             [k for k in keys if k != "_step"]
             if keys is not None
@@ -261,22 +283,31 @@ class Http:
         resp = web.StreamResponse(
             headers={
                 "Content-Type": "text/csv; charset=utf-8",
-                "Content-Disposition": f'attachment; filename="{msg["id"]}.csv"',
+                # The stored id: validated, so safe inside the header.
+                "Content-Disposition": f'attachment; filename="{state["id"]}.csv"',
             }
         )
         await resp.prepare(request)
-        if pages is not None:
-            await resp.write(pages[0])
-        else:
-            page = {**msg, "limit": CSV_PAGE_ROWS}
-            header = True
-            while True:
-                text, nxt = await self._read("page", page, ("csv", columns, header))
-                await resp.write(text)
-                header = False
-                if nxt is None:
-                    break
-                page["min_step"] = nxt
+        try:
+            if pages is not None:
+                await resp.write(pages[0])
+            else:
+                page = {**msg, "run_no": state["run_no"], "limit": CSV_PAGE_ROWS}
+                header = True
+                while True:
+                    text, nxt = await self._read("page", page, ("csv", columns, header))
+                    await resp.write(text)
+                    header = False
+                    if nxt is None:
+                        break
+                    page["min_step"] = nxt
+        except Error as exc:
+            # Headers are gone: end the body without its last chunk, so the
+            # client sees a truncated download, not a complete-looking file.
+            log.warning("CSV of %s stopped: %s", state["id"], exc)
+            if request.transport is not None:
+                request.transport.close()
+            return resp
         await resp.write_eof()
         return resp
 
@@ -291,8 +322,12 @@ class Http:
         keys = _keys_param(request)
         state = await self._read("state", msg, None)
         after = _int_param(request, "after", -1, 2**63 - 1)
-        last_id = request.headers.get("Last-Event-ID", "")
-        if after is None and last_id.lstrip("-").isdigit():
+        # A reconnecting browser's Last-Event-ID is newer than the `after` its
+        # page was opened with: it wins.
+        last_id = request.headers.get("Last-Event-ID", "").strip()
+        if last_id:
+            if not last_id.isdigit() or int(last_id) >= 2**63:
+                raise RequestError(f"Last-Event-ID must be a step, got {last_id!r}")
             after = int(last_id)
         if after is None:
             after = state["last_step"]
@@ -337,6 +372,10 @@ class Http:
                     await asyncio.sleep(STREAM_COALESCE)
         except (ConnectionResetError, asyncio.CancelledError):
             pass  # the browser went away, or the daemon is stopping
+        except Error as exc:  # the run went away (deleted): say so, in the stream
+            error = {"code": exc.code, "message": exc.message}
+            with contextlib.suppress(ConnectionResetError):
+                await resp.write(_sse("error", dumps(error)))
         finally:
             self._streams.discard(task)
         return resp

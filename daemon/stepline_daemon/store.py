@@ -638,6 +638,9 @@ class Store:
             "start_step": rec["last_step"] + 1,
             "config": rec["config"],
             "how": how,
+            # The timeline a fork or rewind branched from (live streams of a
+            # rewound timeline hear of it at once).
+            "parent_run": rec["parent"][0] if rec["parent"] is not None else None,
         }
 
     def _writable(self, txn: lmdb.Transaction, run_no: Any, client: str) -> Record:

@@ -65,7 +65,10 @@ def _touched(results: list[tuple[WriteRequest, Reply | None]]) -> set[int]:
         if req.op in SEQ_OPS or req.op == "disconnect":
             runs.add(req.msg["run"])
         elif req.op == "init" and reply is not None and reply.get("op") == "ok":
-            runs.add(reply["result"]["run"])
+            result = reply["result"]
+            runs.add(result["run"])
+            if result.get("how") == "rewind":
+                runs.add(result["parent_run"])  # now archived
     return runs
 
 

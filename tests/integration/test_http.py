@@ -357,3 +357,68 @@ def test_sigterm_with_a_stream_open_stops_cleanly(family: Daemon) -> None:
     assert family.stop(timeout=20) == 0  # the fixture checks the log for tracebacks
     assert list(events) == [], "the stream ends when the daemon stops"
     conn.close()
+
+
+def test_requests_must_be_addressed_to_loopback(daemon: Daemon) -> None:
+    """A page rebinding its DNS name to 127.0.0.1 gets nothing (no token set)."""
+    port = urllib.parse.urlsplit(daemon.http_url).port
+    for host, status in [
+        (f"evil.example:{port}", 403),
+        ("evil.example", 403),
+        (f"localhost:{port}", 200),
+        (f"[::1]:{port}", 200),
+        (f"127.0.0.1:{port}", 200),
+    ]:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("GET", "/api/projects", headers={"Host": host})
+        resp = conn.getresponse()
+        body = json.loads(resp.read())
+        conn.close()
+        assert resp.status == status, (host, body)
+        if status == 403:
+            assert body["error"]["code"] == "forbidden_host"
+
+
+def test_csv_of_an_unknown_run_is_a_404_not_a_truncated_200(daemon: Daemon) -> None:
+    status, body = get(daemon, f"/api/projects/{P}/runs/ghost/history?format=csv&keys=loss")
+    assert status == 404 and body["error"]["code"] == "not_found"
+
+
+def test_stream_prefers_last_event_id_and_validates_it(family: Daemon) -> None:
+    host, port = urllib.parse.urlsplit(family.http_url).netloc.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn.request(
+        "GET", f"/api/projects/{P}/runs/kid/stream?after=100", headers={"Last-Event-ID": "147"}
+    )
+    events = _events(conn.getresponse())
+    assert next(events)[0] == "state"
+    kind, data = next(events)
+    assert kind == "rows" and [r["_step"] for r in data["rows"]] == [148, 149, 150]
+    conn.close()
+    status, body = get_with(family, f"/api/projects/{P}/runs/kid/stream", {"Last-Event-ID": "-5"})
+    assert status == 400 and "Last-Event-ID" in body["error"]["message"]
+
+
+def get_with(daemon: Daemon, path: str, headers: dict[str, str]) -> tuple[int, Any]:
+    req = urllib.request.Request(daemon.http_url + path, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_a_stream_hears_of_a_rewind_at_once(daemon: Daemon) -> None:
+    run = stepline.init(project=P, id="rw", socket=str(daemon.socket))
+    for _ in range(10):
+        run.log({"loss": 1.0})
+    run.finish()
+    host, port = urllib.parse.urlsplit(daemon.http_url).netloc.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)  # well under the keepalive
+    conn.request("GET", f"/api/projects/{P}/runs/rw/stream")
+    events = _events(conn.getresponse())
+    assert next(events)[1]["state"] == "finished"
+    stepline.init(project=P, id="rw", resume_from="rw?_step=4", socket=str(daemon.socket)).finish()
+    kind, data = next(events)
+    assert kind == "state" and data["state"] == "archived" and data["archived_by"] is not None
+    conn.close()
