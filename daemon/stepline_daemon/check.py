@@ -21,7 +21,13 @@ import msgpack
 
 from stepline import paths
 from stepline_daemon.states import State
-from stepline_daemon.store import _ID_RE, _PROJECT_RE, SCHEMA_VERSION
+from stepline_daemon.store import (
+    _ID_RE,
+    _PROJECT_RE,
+    SCHEMA_VERSION,
+    TruncatedStore,
+    check_not_truncated,
+)
 
 _U64 = struct.Struct(">Q")
 _U64x2 = struct.Struct(">QQ")
@@ -31,7 +37,9 @@ _STATES = {s.value for s in State}
 def _open(data_dir: Path) -> lmdb.Environment:
     if not (data_dir / "data.mdb").is_file():
         raise FileNotFoundError(f"{data_dir} holds no stepline store (no data.mdb)")
-    return lmdb.open(str(data_dir), readonly=True, lock=True, max_dbs=8, create=False)
+    env = lmdb.open(str(data_dir), readonly=True, lock=True, max_dbs=8, create=False)
+    check_not_truncated(env, data_dir)
+    return env
 
 
 def check(data_dir: Path, rows: bool = True) -> tuple[list[str], dict[str, int]]:
@@ -189,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         problems, counts = check(data_dir, rows=not args.quick)
-    except (OSError, lmdb.Error) as exc:
+    except (OSError, lmdb.Error, TruncatedStore) as exc:
         print(f"stepline check: cannot read {data_dir}: {exc}", file=sys.stderr)
         return 2
     for p in problems:

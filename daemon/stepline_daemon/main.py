@@ -31,7 +31,7 @@ from stepline_daemon.http import Http
 from stepline_daemon.process import INFO_FILE
 from stepline_daemon.server import Hub
 from stepline_daemon.settings import Settings
-from stepline_daemon.store import Store
+from stepline_daemon.store import Store, TruncatedStore
 
 log = logging.getLogger("stepline.daemon")
 
@@ -219,9 +219,12 @@ def run(settings: Settings) -> int:
         with _claim_data_dir(settings.data_dir):
             if listener is None:
                 _claim_socket(settings.socket)
-            store = Store(
-                settings.data_dir, settings.map_size, max_runs=settings.max_runs_per_project
-            )
+            try:
+                store = Store(
+                    settings.data_dir, settings.map_size, max_runs=settings.max_runs_per_project
+                )
+            except TruncatedStore as exc:
+                raise StartupError(f"{exc}; restore it from a backup (stepline backup)") from None
             orphans = store.crash_orphans()
             if orphans:
                 log.info("marked %d runs left running by a previous daemon as crashed", orphans)

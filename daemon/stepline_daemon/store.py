@@ -77,6 +77,22 @@ Record = dict[str, Any]
 Row = tuple[int, dict[str, Any]]
 
 
+class TruncatedStore(Exception):
+    """``data.mdb`` is shorter than its last commit needs (a copy cut short)."""
+
+
+def check_not_truncated(env: lmdb.Environment, path: Path) -> None:
+    """Refuse a store whose file ends before its last page: reading past the end
+    of an mmap'd file kills the process with SIGBUS, with no message."""
+    needed = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+    size = (path / "data.mdb").stat().st_size
+    if size < needed:
+        env.close()
+        raise TruncatedStore(
+            f"{path / 'data.mdb'} is truncated: {size} bytes, its last commit needs {needed}"
+        )
+
+
 def _pack(obj: Any) -> bytes:
     out: bytes = msgpack.packb(obj, use_bin_type=True)
     return out
@@ -171,6 +187,7 @@ class Store:
             readonly=readonly,
             create=not readonly,
         )
+        check_not_truncated(self.env, path)
         dbs = [
             self.env.open_db(name, create=not readonly)
             for name in (b"history", b"runs", b"names", b"children", b"seqs", b"snaps", b"meta")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 import subprocess
 import sys
@@ -243,3 +244,15 @@ def test_delete_waits_for_a_crashed_run_that_may_reconnect(daemon: Daemon) -> No
     daemon.start()
     with stepline.Api(socket=str(daemon.socket)) as api:
         assert api.delete(f"{P}/gone", force=True)["timelines"] == 1
+
+
+def test_a_truncated_store_is_refused_with_a_message_not_a_sigbus(daemon: Daemon) -> None:
+    log(daemon, "a", 20_000)
+    daemon.stop()
+    mdb = daemon.data_dir / "data.mdb"
+    os.truncate(mdb, mdb.stat().st_size // 2)
+    done = run_check(daemon.data_dir)
+    assert done.returncode == 2 and "is truncated" in done.stderr, (done.returncode, done.stderr)
+    proc = daemon.spawn()
+    assert proc.wait(60) == 1
+    assert "is truncated" in daemon.log()
