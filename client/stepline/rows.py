@@ -314,3 +314,30 @@ class StepTracker:
         row, self._pending = self._pending, {}
         self._sink(self.step, row)
         self.step += 1
+
+
+PLAIN_DEPTH = 64
+
+
+def plain_value_problem(value: Any, depth: int = 0) -> str | None:
+    """Why ``value`` is not plain data (nil, bool, int, float, str, lists and
+    str-keyed maps, at most ``PLAIN_DEPTH`` deep): what JSON and every reader
+    can take back. None when it is."""
+    if depth > PLAIN_DEPTH:
+        return f"nested more than {PLAIN_DEPTH} deep"
+    t = type(value)
+    if value is None or t in (bool, int, float, str):
+        return None
+    if t is list:
+        for item in value:
+            if (why := plain_value_problem(item, depth + 1)) is not None:
+                return why
+        return None
+    if t is dict:
+        for k, v in value.items():
+            if type(k) is not str:
+                return f"key {k!r} is {type(k).__name__}, not str"
+            if (why := plain_value_problem(v, depth + 1)) is not None:
+                return why
+        return None
+    return f"a value of type {t.__name__} (plain data only: nil, bool, numbers, str, lists, maps)"

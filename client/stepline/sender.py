@@ -33,7 +33,15 @@ from typing import Any
 
 from stepline import protocol
 from stepline.channel import Channel
-from stepline.errors import RETRYABLE, DaemonUnavailable, Error, SeqGap, Timeout, from_reply
+from stepline.errors import (
+    RETRYABLE,
+    DaemonUnavailable,
+    Error,
+    SeqGap,
+    Timeout,
+    UsageError,
+    from_reply,
+)
 from stepline.settings import ClientSettings
 from stepline.spool import Ref, Spool
 
@@ -333,10 +341,11 @@ class Sender:
             else:
                 assert e.op is not None
                 frame = protocol.encode({**e.op, "run": e.run, "seq": seq})
-        except Error as exc:
+        except (Error, TypeError, ValueError, OverflowError) as exc:
             # Refused here, alone: the seq is not used, so the daemon sees no gap.
+            # (Never lets other entries taken with it be lost.)
             log.error("stepline: cannot send an update: %s", exc)
-            self._errors.append(exc)
+            self._errors.append(exc if isinstance(exc, Error) else UsageError(str(exc)))
             self._mem -= e.nbytes
             return None
         self._seqs[e.run] = seq

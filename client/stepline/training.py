@@ -22,7 +22,7 @@ from stepline.autostart import enabled as autostart_enabled
 from stepline.autostart import ensure_daemon
 from stepline.errors import Error, InvalidFork, InvalidResume, Timeout, UsageError
 from stepline.offline import OfflineSender
-from stepline.rows import MAX_ROW_BYTES, StepTracker
+from stepline.rows import MAX_ROW_BYTES, StepTracker, plain_value_problem
 from stepline.sender import Sender
 from stepline.settings import ClientSettings
 
@@ -83,8 +83,15 @@ def parse_ref(ref: str, what: str, error: type[InvalidFork] | type[InvalidResume
 def _check_packable(value: Any, what: str) -> None:
     try:
         size = len(msgpack.packb(value, use_bin_type=True))
-    except (TypeError, ValueError, OverflowError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:  # lone surrogates too
         raise TypeError(f"{what}: value cannot be stored: {exc}") from None
+    # What the daemon stores must read back as JSON: no bytes, no ext types, no
+    # int keys (msgpack takes them all; tuples arrive as lists, which is fine).
+    why = plain_value_problem(
+        msgpack.unpackb(msgpack.packb(value, use_bin_type=True), strict_map_key=False)
+    )
+    if why is not None:
+        raise TypeError(f"{what}: value cannot be stored: {why}")
     if size > MAX_UPDATE_BYTES:
         raise ValueError(f"{what}: {size} bytes is over the {MAX_UPDATE_BYTES}-byte limit")
 
@@ -212,6 +219,10 @@ class Run:
         """
         if not isinstance(name, str) or not name:
             raise UsageError("define_metric: name must be a non-empty string")
+        try:
+            name.encode()
+        except UnicodeEncodeError:
+            raise UsageError(f"define_metric: name {name!r} is not valid unicode") from None
         if summary is not None:
             modes = [m.strip() for m in summary.split(",") if m.strip()]
             allowed = {"min", "max", "mean", "first", "last", "none"}
@@ -329,6 +340,9 @@ def init(
             raise InvalidFork(f"fork_from: the child id {id!r} is the parent's own id")
     if resume_from is not None:
         msg["resume_from"] = parse_ref(resume_from, "resume_from", InvalidResume)
+    # Encoded here, on the caller's thread, so a bad name or tag raises at this
+    # call and never in the sender, where other runs' rows wait to be sent.
+    _check_packable({k: v for k, v in msg.items() if k != "config"}, "init")
     path = paths.resolve_socket(socket)
     mode = mode or os.environ.get("STEPLINE_MODE") or "online"
     sender: Sender | OfflineSender

@@ -45,9 +45,9 @@ def result_of(result: Any) -> Any:
 
 
 def _int(msg: dict[str, Any], name: str, default: int | None, lo: int, hi: int) -> int | None:
-    value = msg.get(name, default)
-    if value is None:
-        return None
+    value = msg.get(name)
+    if value is None:  # absent, or nil: the default
+        return default
     if type(value) is not int or not lo <= value <= hi:
         raise RequestError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
     return value
@@ -97,8 +97,8 @@ def _target(store: Store, txn: lmdb.Transaction, msg: dict[str, Any]) -> Record:
     run_no = msg.get("run_no")
     if run_no is None:
         return store.find(txn, msg.get("project"), msg.get("id"))
-    if type(run_no) is not int:
-        raise RequestError(f"run_no must be an integer, got {run_no!r}")
+    if type(run_no) is not int or not 0 <= run_no < 1 << 64:
+        raise RequestError(f"run_no must be an integer in [0, 2**64), got {run_no!r}")
     rec = store.record(txn, run_no)
     if rec["project"] != msg.get("project") or rec.get("deleted"):
         raise RunNotFound(f"no timeline {run_no} in project {msg.get('project')!r}")

@@ -496,9 +496,11 @@ class Connection(asyncio.Protocol):
             cost = self.decoder.last_size
             req = WriteRequest(op, msg, self.client, lambda r: self._on_write_reply(r, cost))
             if op in SEQ_OPS:
-                for k in ("run", "seq"):
-                    if type(msg.get(k)) is not int or not 0 <= msg[k] < 1 << 64:
-                        raise RequestError(f"{op}: {k} must be a non-negative 64-bit integer")
+                if type(msg.get("run")) is not int or not 0 <= msg["run"] < 1 << 64:
+                    raise RequestError(f"{op}: run must be a non-negative 64-bit integer")
+                # Seqs start at 1: a 0 would read as a resend and be acked unstored.
+                if type(msg.get("seq")) is not int or not 1 <= msg["seq"] < 1 << 64:
+                    raise RequestError(f"{op}: seq must be an integer in [1, 2**64)")
                 if op == "log":
                     try:
                         if "steps" in msg:
@@ -513,7 +515,10 @@ class Connection(asyncio.Protocol):
                         )
                     except RequestError as exc:
                         # Still goes through the writer, which records the seq in order.
-                        req.refusal = exc
+                        # No traceback: it would hold this frame, and with it the
+                        # whole decoded batch, until the cyclic GC runs.
+                        req.refusal = exc.with_traceback(None)
+                        exc.__context__ = None  # an inner error's frames, the same
             self._write(req, cost)
         else:
             raise ProtocolError("unknown_op", f"unknown op {op!r}")

@@ -49,7 +49,7 @@ from stepline.errors import (
     RunNotWritable,
     StepOrderError,
 )
-from stepline.rows import STEP_MAX, Chunks, chunks_of
+from stepline.rows import STEP_MAX, Chunks, chunks_of, plain_value_problem
 from stepline_daemon import summary
 from stepline_daemon.states import WRITABLE, Event, State, can, transition
 
@@ -112,7 +112,7 @@ def hkey_step(key: bytes) -> int:
 
 
 def check_project(project: Any) -> str:
-    if not isinstance(project, str) or not _PROJECT_RE.match(project):
+    if not isinstance(project, str) or not _PROJECT_RE.fullmatch(project):
         raise RequestError(
             f"project {project!r} is not valid: 1-128 characters of letters, digits, '.', '_', '-'"
         )
@@ -120,7 +120,7 @@ def check_project(project: Any) -> str:
 
 
 def check_run_id(run_id: Any) -> str:
-    if not isinstance(run_id, str) or not _ID_RE.match(run_id):
+    if not isinstance(run_id, str) or not _ID_RE.fullmatch(run_id):
         raise RequestError(
             f"run id {run_id!r} is not valid: 1-128 characters of letters, digits, '.', '_', '-'"
         )
@@ -146,6 +146,9 @@ def _check_map(value: Any, what: str) -> dict[str, Any]:
         return {}
     if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
         raise RequestError(f"{what} must be a map with string keys")
+    why = plain_value_problem(value)
+    if why is not None:
+        raise RequestError(f"{what}: {why}")
     return value
 
 
@@ -749,7 +752,7 @@ class Store:
             name, mode = msg.get("name"), msg.get("summary")
             if not isinstance(name, str) or not name:
                 raise RequestError("define_metric: name must be a non-empty string")
-            if mode not in summary.MODES:
+            if type(mode) is not str or mode not in summary.MODES:
                 raise RequestError(f"define_metric: summary must be one of {sorted(summary.MODES)}")
             rec["metrics"] = {**rec["metrics"], name: mode}
         elif op == "finish":
@@ -757,6 +760,10 @@ class Store:
             dropped = msg.get("dropped", 0)
             if type(code) is not int or type(dropped) is not int:
                 raise RequestError("finish: exit_code and dropped must be integers")
+            if not -(2**31) <= code < 2**31 or not 0 <= dropped < 2**32:
+                raise RequestError(
+                    "finish: exit_code must fit 32 bits and dropped be in [0, 2**32)"
+                )
             event = Event.FINISH_OK if code == 0 else Event.FINISH_ERROR
             rec["state"] = transition(rec["state"], event)
             rec["exit_code"] = code

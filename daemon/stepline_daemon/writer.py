@@ -224,6 +224,9 @@ class Writer:
                     results.append((req, self._apply_one(txn, req)))
                 except RequestError as exc:
                     results.append((req, error_reply(exc, req.msg)))
+                    # Its traceback holds _apply_one's frame, and with it the
+                    # request: free a refused batch now, not at the next GC.
+                    exc.__traceback__ = None
             txn.commit()
         except BaseException:
             txn.abort()
@@ -241,6 +244,7 @@ class Writer:
             reply = self._apply_one(child, req)
         except RequestError as exc:
             child.abort()
+            exc.__traceback__ = None  # as in _commit
             return error_reply(exc, req.msg)
         except BaseException:
             child.abort()
@@ -261,7 +265,8 @@ class Writer:
                 raise SeqGap(f"batch {seq} arrived before batch {last + 1} of this run")
             try:
                 if req.refusal is not None:
-                    raise req.refusal
+                    refusal, req.refusal = req.refusal, None  # no cycle through req
+                    raise refusal
                 if req.op == "log":
                     store.append(txn, run, req.rows, req.client, seq, req.packed, req.chunks)
                     self._rows_in_txn += len(req.rows)
