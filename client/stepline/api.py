@@ -89,6 +89,17 @@ class Api:
         result: dict[str, Any] = self._call({"op": "backup", "dest": dest})
         return result
 
+    def tree(self, project: str) -> list[dict[str, Any]]:
+        """Every timeline of ``project`` (archived and deleted ones too, flagged)
+        with its parent pointer: the fork forest, in one request."""
+        nodes: list[dict[str, Any]] = self._call({"op": "tree", "project": project})["nodes"]
+        return nodes
+
+    def project_list(self) -> list[dict[str, Any]]:
+        """Each project's name, number of runs and last update, in one request."""
+        projects: list[dict[str, Any]] = self._call({"op": "projects"})["projects"]
+        return projects
+
     def projects(self) -> list[str]:
         out: list[str] = self._call({"op": "runs"})["projects"]
         return out

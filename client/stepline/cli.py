@@ -233,12 +233,7 @@ def _runs(argv: list[str]) -> int:
 def _project_table(api: Api) -> int:
     from stepline import tables
 
-    rows = []
-    for project in api.projects():
-        runs = api.runs(project)
-        latest = max((r._full("updated") for r in runs), default=None)
-        when = "" if latest is None else tables.timestamp(latest)
-        rows.append([project, str(len(runs)), when])
+    rows = [[p["name"], str(p["runs"]), tables.timestamp(p["updated"])] for p in api.project_list()]
     if not rows:
         print("no projects yet", file=sys.stderr)
         return 0

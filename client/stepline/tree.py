@@ -1,8 +1,8 @@
 """A run's fork tree: its root ancestor down through every descendant, as text.
 
-:func:`build` reads the tree from the daemon, one ``info`` request per
-timeline, archived ones included (a rewind leaves the old timeline in the tree,
-with the new one as its child). :func:`draw` is pure.
+:func:`build` reads the project's fork forest from the daemon in one request
+(``tree``), archived timelines included (a rewind leaves the old timeline in
+the tree, with the new one as its child). :func:`draw` is pure.
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ class Node:
     children: list[Node] = field(default_factory=list)
 
     @classmethod
-    def of(cls, run: ApiRun, step: int | None = None) -> Node:
-        return cls(run.id, run.run_no, run.state, run.last_step, step)
+    def of(cls, node: dict[str, Any]) -> Node:
+        """From a node of the daemon's ``tree`` reply."""
+        return cls(node["id"], node["run_no"], node["state"], node["last_step"], node["step"])
 
 
 def label(node: Node, mark: int | None = None) -> str:
@@ -55,16 +56,21 @@ def draw(root: Node, mark: int | None = None) -> list[str]:
 
 
 def build(api: Api, run: ApiRun) -> Node:
-    """The tree holding ``run``: from the root of its lineage, every timeline below."""
-    lineage: list[dict[str, Any]] = run._full("lineage")
-    top = api.timeline(run.project, lineage[-1]["run_no"]) if lineage else run
-    root = Node.of(top)
-    todo = [(top, root)]
+    """The tree holding ``run``: from the root of its lineage, every timeline below
+    (deleted ones left out)."""
+    nodes = {n["run_no"]: n for n in api.tree(run.project) if not n.get("deleted")}
+    top = run.run_no
+    while (parent := nodes[top]["parent_run_no"]) is not None and parent in nodes:
+        top = parent
+    kids: dict[int, list[dict[str, Any]]] = {}
+    for n in nodes.values():
+        if n["parent_run_no"] is not None:
+            kids.setdefault(n["parent_run_no"], []).append(n)
+    root = Node.of({**nodes[top], "step": None})
+    todo = [root]
     while todo:
-        timeline, node = todo.pop()
-        kids: list[dict[str, Any]] = timeline._full("children")
-        for kid in sorted(kids, key=lambda k: (k["step"], k["run_no"])):
-            child = api.timeline(run.project, kid["run_no"])
-            node.children.append(Node.of(child, kid["step"]))
-            todo.append((child, node.children[-1]))
+        node = todo.pop()
+        for kid in sorted(kids.get(node.run_no, []), key=lambda k: (k["step"], k["run_no"])):
+            node.children.append(Node.of(kid))
+            todo.append(node.children[-1])
     return root

@@ -208,6 +208,7 @@ SPEC: dict[str, Any] = {
                             "properties": {
                                 "name": {"type": "string"},
                                 "runs": {"type": "integer"},
+                                "updated": {"type": "number", "description": "Unix time."},
                             },
                         },
                     }

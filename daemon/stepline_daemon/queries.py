@@ -112,7 +112,8 @@ def runs(store: Store, txn: lmdb.Transaction, msg: dict[str, Any]) -> Any:
 
 
 def projects(store: Store, txn: lmdb.Transaction, msg: dict[str, Any]) -> Any:
-    return {"projects": [{"name": n, "runs": c} for n, c in store.project_counts(txn)]}
+    """Each project with its run count and latest update (one pass over the runs)."""
+    return {"projects": store.project_summaries(txn)}
 
 
 def _project(store: Store, txn: lmdb.Transaction, msg: dict[str, Any]) -> str:

@@ -1062,6 +1062,19 @@ class Store:
         cur = txn.cursor(db=self.names)
         return bool(cur.set_range(prefix)) and cast(bytes, cur.key()).startswith(prefix)
 
+    def project_summaries(self, txn: lmdb.Transaction) -> list[dict[str, Any]]:
+        """Name, run count and latest ``updated`` of each project, in name order."""
+        out: list[dict[str, Any]] = []
+        for key, value in txn.cursor(db=self.names):
+            project = cast(bytes, key).split(b"\0", 1)[0].decode()
+            updated = self.record(txn, _U64.unpack(value)[0])["updated"]
+            if out and out[-1]["name"] == project:
+                out[-1]["runs"] += 1
+                out[-1]["updated"] = max(out[-1]["updated"], updated)
+            else:
+                out.append({"name": project, "runs": 1, "updated": updated})
+        return out
+
     def project_counts(self, txn: lmdb.Transaction) -> list[tuple[str, int]]:
         """Each project with how many run ids it holds, in name order."""
         seen: list[tuple[str, int]] = []
