@@ -422,24 +422,11 @@ class Store:
         self, txn: lmdb.Transaction, segs: list[Segment], min_step: int, max_step: int | None
     ) -> tuple[int, int] | None:
         """The first and last step of the view within ``[min_step, max_step)``."""
-        bounds = list(self._bounds(segs, min_step, max_step))
-        cur = txn.cursor(db=self.history)
-        first = None
-        for run_no, lo, hi in bounds:
-            if cur.set_range(hkey(run_no, lo)):
-                key_run, step = _U64x2.unpack(cur.key())
-                if key_run == run_no and step <= hi:
-                    first = step
-                    break
+        first = next(self.iter_keys(txn, segs, min_step, max_step), None)
         if first is None:
             return None
-        for run_no, lo, hi in reversed(bounds):
-            found = cur.prev() if cur.set_range(hkey(run_no, hi + 1)) else cur.last()
-            if found:
-                key_run, step = _U64x2.unpack(cur.key())
-                if key_run == run_no and step >= lo:
-                    return first, step
-        return None  # unreachable: the first row is in the view
+        last, _ = next(self.iter_rows_back(txn, segs, min_step, max_step))
+        return hkey_step(first), last
 
     # ----------------------------------------------------------------- writes
 
