@@ -6,7 +6,6 @@ the store files) lives with the daemon, in ``stepline_daemon.check``.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import os
 import sys
@@ -14,13 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from stepline.api import Api
+from stepline.cli import _add_run, _parser
 from stepline.errors import DaemonUnavailable, Error
-
-
-def _parser(command: str, description: str) -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog=f"stepline {command}", description=description)
-    ap.add_argument("--socket", help="daemon socket (env STEPLINE_SOCKET; default XDG)")
-    return ap
 
 
 def _duration(seconds: float) -> str:
@@ -73,14 +67,12 @@ def delete(argv: list[str]) -> int:
         "free again and reads no longer find it. --purge also removes the rows, refused "
         "while a fork that is not deleted reads them.",
     )
-    ap.add_argument("run", metavar="PROJECT/RUN_ID")
+    _add_run(ap)
     ap.add_argument("--purge", action="store_true", help="remove the rows for good too")
     ap.add_argument(
         "--force", action="store_true", help="also a run that crashed in the last minute"
     )
     args = ap.parse_args(argv)
-    if args.run.count("/") != 1 or args.run.startswith("/") or args.run.endswith("/"):
-        ap.error(f"expected PROJECT/RUN_ID, got {args.run!r}")
     with Api(socket=args.socket) as api:
         out = api.delete(args.run, purge=args.purge, force=args.force)
     what = f"deleted {args.run} ({out['timelines']} timelines)"

@@ -12,11 +12,11 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 from typing import Any
 
 from stepline import protocol
 from stepline.errors import ProtocolError
+from stepline.export import csv_cell  # one spelling of NaN, booleans, None for every CSV
 
 Spec = tuple[Any, ...] | None
 
@@ -37,16 +37,6 @@ def to_columns(rows: list[dict[str, Any]], keys: list[str] | None) -> dict[str, 
         if k != "_step":
             cols[k] = [r.get(k) for r in rows]
     return cols
-
-
-def csv_cell(value: Any) -> Any:
-    if value is None:
-        return ""
-    if value is True or value is False:
-        return "true" if value else "false"
-    if type(value) is float and not math.isfinite(value):
-        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-    return value
 
 
 def csv_text(rows: list[dict[str, Any]], keys: list[str], header: bool) -> bytes:

@@ -116,13 +116,12 @@ class Writer:
         post: Post,
         gate: ResizeGate,
         max_group: int,
-        metrics: Metrics | None = None,
     ) -> None:
         self._store = store
         self._post = post
         self._gate = gate
         self._max_group = max_group
-        self.metrics = metrics if metrics is not None else Metrics()
+        self.metrics = Metrics()
         self._queue: collections.deque[WriteRequest] = collections.deque()
         self._cv = threading.Condition()
         self._stopping = False
