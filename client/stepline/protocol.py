@@ -29,7 +29,7 @@ Messages (daemon -> client):
 from __future__ import annotations
 
 import struct
-from typing import Any
+from typing import Any, NoReturn
 
 import msgpack
 
@@ -181,11 +181,16 @@ class Decoder:
         self._buf = bytearray()
         self._pos = 0
         self._max = max_frame_size
-        self._broken: ProtocolError | None = None
+        # (code, message), never the exception itself: its traceback would hold
+        # the frames that saw it (the bad payload, and the connection that called
+        # us, which holds this decoder), a cycle that kept up to two frames of the
+        # maximum size alive per closed connection until the cyclic GC ran.
+        self._broken: tuple[str, str] | None = None
         self.last_size = 0  # bytes of the frame next_message() returned last
 
     def feed(self, data: bytes) -> None:
-        self._buf += data
+        if self._broken is None:
+            self._buf += data
 
     @property
     def buffered(self) -> int:
@@ -194,17 +199,17 @@ class Decoder:
     def next_message(self) -> Message | None:
         """The next complete message, or None when more bytes are needed."""
         if self._broken is not None:
-            raise self._broken
+            raise ProtocolError(*self._broken)
         avail = len(self._buf) - self._pos
         if avail < HEADER_SIZE:
             self._compact()
             return None
         (length,) = _HEADER.unpack_from(self._buf, self._pos)
         if length > self._max:
-            self._broken = ProtocolError(
+            # Refused from the header alone: nothing of it is buffered or awaited.
+            self._break(
                 "frame_too_large", f"frame of {length} bytes exceeds the maximum of {self._max}"
             )
-            raise self._broken
         if avail < HEADER_SIZE + length:
             self._compact()
             return None
@@ -215,8 +220,16 @@ class Decoder:
         try:
             return _unpack(payload)
         except ProtocolError as exc:
-            self._broken = exc
-            raise
+            code, message = exc.code, exc.message
+        del payload
+        self._break(code, message)
+
+    def _break(self, code: str, message: str) -> NoReturn:
+        self._broken = (code, message)
+        # The stream is out of sync for good: what is buffered is never read.
+        self._buf = bytearray()
+        self._pos = 0
+        raise ProtocolError(code, message)
 
     def messages(self) -> list[Message]:
         out = []

@@ -3,9 +3,11 @@ with the next frame's first bytes attached, and many frames at once."""
 
 from __future__ import annotations
 
+import gc
 import itertools
 import math
 import struct
+import weakref
 from typing import Any
 
 import msgpack
@@ -405,6 +407,48 @@ def test_decoder_stays_broken_after_frame_too_large() -> None:
         assert again.value.code == "frame_too_large"
     with pytest.raises(ProtocolError):
         dec.messages()
+
+
+class _Owner:
+    """Stands for the daemon's connection: it owns a decoder and catches its errors."""
+
+    def __init__(self) -> None:
+        self.decoder = Decoder(max_frame_size=1 << 20)
+        self.errors = 0
+
+    def drain(self) -> None:
+        try:
+            self.decoder.next_message()
+        except ProtocolError:
+            self.errors += 1
+
+
+@pytest.mark.parametrize("bad", ["bad_frame", "frame_too_large", "cut_short"])
+def test_a_broken_decoder_keeps_no_cycle_alive(bad: str) -> None:
+    """A decoder's stored error once held its traceback, and through it the
+    frames that saw it: the bad payload and the connection owning the decoder.
+    Only the cyclic GC freed them; the daemon's heap grew by frames of the
+    maximum size until it ran (gauntlet: test_truncated_frames_...)."""
+    owner = _Owner()
+    payload = b"\xc1" * (1 << 20)
+    if bad == "bad_frame":
+        owner.decoder.feed(_frame(payload))
+    elif bad == "frame_too_large":
+        owner.decoder.feed(_header((1 << 20) + 1) + payload)
+    else:
+        owner.decoder.feed(_header(1 << 20) + payload[:1000])
+    owner.drain()
+    owner.drain()  # raised again from the stored error
+    assert owner.errors == (0 if bad == "cut_short" else 2)
+    if bad != "cut_short":
+        assert owner.decoder.buffered == 0  # out of sync for good: nothing kept
+    gone = weakref.ref(owner)
+    gc.disable()
+    try:
+        del owner
+        assert gone() is None, "the decoder's error keeps its owner alive"
+    finally:
+        gc.enable()
 
 
 def test_encode_over_maximum_raises() -> None:
