@@ -23,10 +23,10 @@ def _duration(seconds: float) -> str:
 
 def status(argv: list[str]) -> int:
     """Exit 0 with a report when a daemon answers; 1 when none does."""
-    ap = _parser("status", "Report the running daemon; exit non-zero when none answers.")
+    ap = _parser("status", "Report the running daemon; exit non-zero when none answers.", timeout=5)
     ap.add_argument("--json", action="store_true", help="the daemon's report as JSON")
     args = ap.parse_args(argv)
-    api = Api(socket=args.socket, timeout=5)
+    api = Api(socket=args.socket, timeout=args.timeout)
     try:
         s = api.status()
     except (DaemonUnavailable, Error) as exc:
@@ -73,7 +73,7 @@ def delete(argv: list[str]) -> int:
         "--force", action="store_true", help="also a run that crashed in the last minute"
     )
     args = ap.parse_args(argv)
-    with Api(socket=args.socket) as api:
+    with Api(socket=args.socket, timeout=args.timeout) as api:
         out = api.delete(args.run, purge=args.purge, force=args.force)
     what = f"deleted {args.run} ({out['timelines']} timelines)"
     if args.purge:
@@ -87,7 +87,7 @@ def delete(argv: list[str]) -> int:
 def purge(argv: list[str]) -> int:
     ap = _parser("purge", "Remove the rows of every deleted run that no live fork reads.")
     args = ap.parse_args(argv)
-    with Api(socket=args.socket) as api:
+    with Api(socket=args.socket, timeout=args.timeout) as api:
         out = api.purge()
     print(
         f"purged {out['purged']} timelines, {out['rows']:,} rows; "
@@ -101,10 +101,11 @@ def backup(argv: list[str]) -> int:
         "backup",
         "Have the daemon write a consistent, compacted copy of its store to DEST while it "
         "keeps serving. DEST must be new or empty, and writable by the daemon's user.",
+        timeout=3600,
     )
     ap.add_argument("dest", type=Path, help="a directory (created if missing)")
     args = ap.parse_args(argv)
-    with Api(socket=args.socket, timeout=3600) as api:
+    with Api(socket=args.socket, timeout=args.timeout) as api:
         out = api.backup(os.path.abspath(args.dest))
     print(
         f"backed up to {out['path']} ({out['bytes']:,} bytes); check it: stepline check --data-dir {out['path']}"

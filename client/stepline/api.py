@@ -9,14 +9,19 @@ from pathlib import Path
 from typing import Any
 
 from stepline import paths
-from stepline.channel import Channel
-from stepline.errors import UsageError
+from stepline.channel import Channel, Retry
+from stepline.errors import DaemonUnavailable, UsageError
+from stepline.protocol import new_token
 
 DEFAULT_TIMEOUT = 60.0
 
 
 class Api:
-    """Read access to the daemon's runs, over its socket (one connection, lazily opened)."""
+    """Read access to the daemon's runs, over its socket (one connection, lazily opened).
+
+    Every call retries while the daemon is away (a restart), until ``timeout``;
+    only then does it raise :class:`~stepline.DaemonUnavailable`.
+    """
 
     def __init__(self, socket: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> None:
         self._path = paths.resolve_socket(socket)
@@ -25,21 +30,34 @@ class Api:
         self._lock = threading.Lock()
 
     def _call(self, msg: dict[str, Any]) -> Any:
-        with self._lock:
-            if self._chan is None:
-                self._chan = Channel(self._path, self._timeout)
+        retry = Retry(self._timeout)
+        while True:
             try:
-                return self._chan.request(msg, self._timeout)
-            except OSError:
-                # A broken connection is not reused; the next call reconnects.
-                self._chan.close()
-                self._chan = None
+                return self._attempt(msg, retry)
+            except DaemonUnavailable as exc:
+                retry.pause(exc)
+
+    def _attempt(self, msg: dict[str, Any], retry: Retry) -> Any:
+        with self._lock:
+            try:
+                if self._chan is not None and self._chan.broken():
+                    self._drop()  # closed while idle: the daemon restarted
+                if self._chan is None:
+                    self._chan = Channel(self._path, retry.left())
+                return self._chan.request(msg, retry.left())
+            except DaemonUnavailable:
+                self._drop()  # a broken connection is never reused
                 raise
 
+    def _drop(self) -> None:
+        if self._chan is not None:
+            self._chan.close()
+            self._chan = None
+
     @contextlib.contextmanager
-    def _reader(self) -> Iterator[Channel]:
+    def _reader(self, retry: Retry) -> Iterator[Channel]:
         """A connection of its own for a long scan, so other calls need not wait."""
-        chan = Channel(self._path, self._timeout)
+        chan = Channel(self._path, retry.left())
         try:
             yield chan
         finally:
@@ -57,9 +75,7 @@ class Api:
 
     def close(self) -> None:
         with self._lock:
-            if self._chan is not None:
-                self._chan.close()
-                self._chan = None
+            self._drop()
 
     def status(self) -> dict[str, Any]:
         """The daemon's own report: pid, version, uptime, clients, rows, errors."""
@@ -74,19 +90,26 @@ class Api:
         be reconnecting) needs ``force=True``."""
         project, _, run_id = path.partition("/")
         result: dict[str, Any] = self._call(
-            {"op": "delete", "project": project, "id": run_id, "purge": purge, "force": force}
+            {
+                "op": "delete",
+                "token": new_token(),  # a retry after a lost reply gets this delete's outcome
+                "project": project,
+                "id": run_id,
+                "purge": purge,
+                "force": force,
+            }
         )
         return result
 
     def purge(self) -> dict[str, Any]:
         """Remove for good the rows of every deleted run that no live fork reads."""
-        result: dict[str, Any] = self._call({"op": "purge"})
+        result: dict[str, Any] = self._call({"op": "purge", "token": new_token()})
         return result
 
     def backup(self, dest: str) -> dict[str, Any]:
         """Have the daemon write a consistent, compacted copy of its store to ``dest``
         (an absolute directory, empty or new) while it keeps serving."""
-        result: dict[str, Any] = self._call({"op": "backup", "dest": dest})
+        result: dict[str, Any] = self._call({"op": "backup", "token": new_token(), "dest": dest})
         return result
 
     def tree(self, project: str) -> list[dict[str, Any]]:
@@ -207,15 +230,26 @@ class ApiRun:
             "max_step": max_step,
             "include_parent": include_parent,
         }
-        with self._api._reader() as chan:
-            # One streamed request: the daemon reads the next page while this
-            # one is handed out.
-            rid = chan.start(self._msg("scan", min_step=min_step, stream=True, **params))
-            while True:
-                page = chan.result(rid, self._api._timeout)
-                yield from page["rows"]
-                if page["next"] is None:
-                    return
+        start = min_step
+        retry = Retry(self._api._timeout)
+        while True:
+            try:
+                with self._api._reader(retry) as chan:
+                    # One streamed request: the daemon reads the next page while
+                    # this one is handed out.
+                    rid = chan.start(self._msg("scan", min_step=start, stream=True, **params))
+                    while True:
+                        page = chan.result(rid, self._api._timeout)
+                        retry = Retry(self._api._timeout)  # progress: a fresh allowance
+                        nxt = page["next"]
+                        yield from page["rows"]
+                        if nxt is None:
+                            return
+                        start = nxt
+            except DaemonUnavailable as exc:
+                # The daemon went away mid-scan: carry on from the first row not
+                # yet handed out, on a new connection, so the rows stay exact.
+                retry.pause(exc)
 
     def history(
         self,

@@ -1,12 +1,15 @@
 """A blocking connection to the daemon: frames out, messages in.
 
 Used for request/response traffic (reads, and ``init`` through the sender). It
-owns a socket and a :class:`~stepline.protocol.Decoder`, nothing more.
+owns a socket and a :class:`~stepline.protocol.Decoder`, nothing more. Every
+socket failure leaves it as :class:`DaemonUnavailable`, never a bare ``OSError``,
+so callers retry one error type (:class:`Retry`).
 """
 
 from __future__ import annotations
 
 import itertools
+import select
 import socket
 import time
 from pathlib import Path
@@ -16,6 +19,38 @@ from stepline import protocol
 from stepline.errors import DaemonUnavailable, ProtocolError, Timeout, from_reply
 
 _RECV = 256 * 1024
+# Reconnection backoff, shared by the sender thread and blocking callers: the
+# first retry comes at once after a restart; a daemon that stays away is asked
+# at most every BACKOFF_MAX seconds.
+BACKOFF_MIN, BACKOFF_MAX = 0.05, 2.0
+# The least time one attempt gets to be answered (a local daemon takes ~1 ms).
+MIN_ATTEMPT = 0.1
+
+
+class Retry:
+    """Backoff between attempts at a request, until its deadline.
+
+    A daemon that restarts (systemd upgrading it, or a crash) is away for a
+    moment; a request made meanwhile waits for it, within the caller's timeout.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.deadline = time.monotonic() + timeout
+        self._delay = BACKOFF_MIN
+
+    def left(self) -> float:
+        """Time for the next attempt: what is left, but never so little that an
+        attempt made at the deadline could not hear a live daemon's answer."""
+        return max(MIN_ATTEMPT, self.deadline - time.monotonic())
+
+    def pause(self, exc: DaemonUnavailable) -> None:
+        """Wait before the next attempt; raise ``exc`` once the deadline has passed."""
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise DaemonUnavailable(f"{exc.message} (retried for {self.timeout:g}s)") from None
+        time.sleep(min(self._delay, left))  # backoff, not a stand-in for a condition
+        self._delay = min(self._delay * 2, BACKOFF_MAX)
 
 
 def listening(path: Path) -> bool:
@@ -37,7 +72,7 @@ class Channel:
         self._rids = itertools.count(1)
         self._early: dict[int, protocol.Message] = {}
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
+        sock.settimeout(max(timeout, 0.001))  # 0 would make it non-blocking
         try:
             sock.connect(str(path))
         except (FileNotFoundError, ConnectionRefusedError) as exc:
@@ -56,8 +91,30 @@ class Channel:
     def close(self) -> None:
         self.sock.close()
 
+    def broken(self) -> bool:
+        """Whether the daemon closed this connection while it sat idle (a restart).
+
+        Looked at before a request is sent on a connection that may be stale, so
+        the request goes on a fresh one instead of into a dead socket.
+        """
+        try:
+            readable, _, _ = select.select([self.sock], [], [], 0)
+            if not readable:
+                return False
+            # Readable: either replies wait (alive) or the peer is gone (EOF/reset).
+            return not self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except (OSError, ValueError):  # reset, or a closed socket
+            return True
+
     def send(self, frame: bytes) -> None:
-        self.sock.sendall(frame)
+        try:
+            self.sock.sendall(frame)
+        except OSError as exc:
+            raise DaemonUnavailable(
+                f"the connection to the stepline daemon at {self.path} broke: {exc.strerror or exc}"
+            ) from None
 
     def receive(self, deadline: float | None) -> protocol.Message:
         """The next message, waiting until ``deadline`` (a ``time.monotonic`` value)."""
@@ -77,6 +134,11 @@ class Channel:
             except TimeoutError:
                 raise Timeout(
                     f"the stepline daemon at {self.path} did not answer in time"
+                ) from None
+            except OSError as exc:
+                raise DaemonUnavailable(
+                    f"the connection to the stepline daemon at {self.path} broke: "
+                    f"{exc.strerror or exc}"
                 ) from None
             if not data:
                 raise DaemonUnavailable(f"the stepline daemon at {self.path} closed the connection")

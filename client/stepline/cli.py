@@ -100,6 +100,8 @@ def _sync(argv: list[str]) -> int:
 # ------------------------------------------------------------- read commands
 
 PAGE = 10_000  # rows per scan page for history and export
+# Seconds a command waits for the daemon, retrying while it is away (a restart).
+TIMEOUT = 30.0
 HISTORY_DIGITS = 6  # significant digits of floats in history tables (summary: 4)
 
 
@@ -146,11 +148,19 @@ def _fail(message: str) -> int:
     return 1
 
 
-def _parser(command: str, description: str) -> argparse.ArgumentParser:
+def _parser(command: str, description: str, timeout: float = TIMEOUT) -> argparse.ArgumentParser:
     import argparse
 
     ap = argparse.ArgumentParser(prog=f"stepline {command}", description=description)
     ap.add_argument("--socket", help="daemon socket (env STEPLINE_SOCKET; default XDG)")
+    ap.add_argument(
+        "--timeout",
+        type=float,
+        default=timeout,
+        metavar="SECONDS",
+        help="how long to wait for the daemon's answer, retrying while it restarts "
+        f"(default {timeout:g})",
+    )
     return ap
 
 
@@ -202,10 +212,10 @@ def _width() -> int | None:
     return None
 
 
-def _api(socket: str | None) -> Api:
+def _api(args: argparse.Namespace) -> Api:
     from stepline.api import Api
 
-    return Api(socket=socket)
+    return Api(socket=args.socket, timeout=args.timeout)
 
 
 def _print(lines: Iterable[str]) -> None:
@@ -221,7 +231,7 @@ def _runs(argv: list[str]) -> int:
     ap = _parser("runs", "List the projects (with run counts), or the runs of one project.")
     ap.add_argument("--project", "-p", help="list this project's runs")
     args = ap.parse_args(argv)
-    api = _api(args.socket)
+    api = _api(args)
     try:
         if args.project is None:
             return _project_table(api)
@@ -284,7 +294,7 @@ def _show(argv: list[str]) -> int:
     ap = _parser("show", "One run: state, steps, times, lineage, rewinds, config, summary.")
     _add_run(ap)
     args = ap.parse_args(argv)
-    api = _api(args.socket)
+    api = _api(args)
     try:
         run = api.run(args.run)
         fields = _fields(run)
@@ -402,7 +412,7 @@ def _history(argv: list[str]) -> int:
     ap.add_argument("--min-step", type=_at_least(0), default=0, help="first step (inclusive)")
     ap.add_argument("--max-step", type=_at_least(0), help="last step (exclusive, as scan_history)")
     args = ap.parse_args(argv)
-    api = _api(args.socket)
+    api = _api(args)
     try:
         run = api.run(args.run)
         if args.samples is not None:
@@ -538,7 +548,7 @@ def _tree(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     from stepline import tables, tree
 
-    api = _api(args.socket)
+    api = _api(args)
     try:
         run = api.run(args.run)
         root = tree.build(api, run)
@@ -579,7 +589,7 @@ def _export(argv: list[str]) -> int:
 
     to_stdout = args.output == "-"
     progress = Progress(None if to_stdout and sys.stdout.isatty() else sys.stderr)
-    api = _api(args.socket)
+    api = _api(args)
     try:
         run = api.run(args.run)
         # Pass 1 finds every key (keys can first appear late in a run) and the

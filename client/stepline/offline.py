@@ -13,12 +13,13 @@ import itertools
 import os
 import secrets
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 from stepline import protocol
-from stepline.channel import Channel
-from stepline.errors import RunExists, UsageError
+from stepline.channel import Channel, Retry
+from stepline.errors import DaemonUnavailable, RunExists, UsageError
 from stepline.settings import ClientSettings
 from stepline.spool import pack_record, read_records
 
@@ -99,7 +100,19 @@ def pending(settings: ClientSettings) -> list[Path]:
 
 
 def sync_file(path: Path, socket: Path, timeout: float = 60.0) -> tuple[str, int]:
-    """Deliver one offline run; returns (run id, batches). Safe to repeat."""
+    """Deliver one offline run; returns (run id, batches). Safe to repeat, so a
+    daemon that goes away mid-sync (a restart) gets the whole file again, within
+    ``timeout``."""
+    retry = Retry(timeout)
+    while True:
+        try:
+            return _sync_once(path, socket, retry)
+        except DaemonUnavailable as exc:
+            retry.pause(exc)
+
+
+def _sync_once(path: Path, socket: Path, retry: Retry) -> tuple[str, int]:
+    timeout = retry.left()
     records = iter(read_records(path))
     first = [_decode(r) for r in itertools.islice(records, 2)]
     if len(first) < 2 or first[0].get("op") != "offline" or first[1].get("op") != "init":
@@ -109,7 +122,7 @@ def sync_file(path: Path, socket: Path, timeout: float = 60.0) -> tuple[str, int
     chan = Channel(socket, timeout)
     try:
         chan.send(protocol.encode({"op": "hello", "client": header["client"], "version": 1}))
-        if chan.receive(None).get("op") != "welcome":
+        if chan.receive(time.monotonic() + timeout).get("op") != "welcome":
             raise UsageError(f"{socket} did not greet as a stepline daemon")
         try:
             info = chan.request(init, timeout)
@@ -131,7 +144,7 @@ def sync_file(path: Path, socket: Path, timeout: float = 60.0) -> tuple[str, int
             msg = _decode(frame)
             chan.send(protocol.encode({**msg, "run": run_no, "seq": sent}))
         for _ in range(sent):
-            reply = chan.receive(None)
+            reply = chan.receive(time.monotonic() + timeout)
             if reply.get("op") != "ack":
                 raise UsageError(
                     f"sync of {path.name}: the daemon refused a batch: {reply.get('message')}"

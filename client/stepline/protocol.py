@@ -7,7 +7,7 @@ at a time, which is where framing bugs hide.
 
 Messages (client -> daemon):
     hello    {client, version}
-    init     {rid, project, id?, name?, config?, fork_from?, resume_from?, resume?}
+    init     {rid, token?, project, id?, name?, config?, fork_from?, resume_from?, resume?}
     log      {run, seq, steps: [step, ...], values: [<packed {key: value}>, ...]}
              (or, from raw clients, rows: [[step, {key: value} or its bytes], ...])
     config   {run, seq, config}            merged into the run's config
@@ -18,6 +18,17 @@ Messages (client -> daemon):
     info     {rid, project, id}
     scan     {rid, project, id, keys?, min_step, max_step?, limit, include_parent}
     history  {rid, project, id, keys?, min_step?, max_step?, samples, include_parent}
+    delete   {rid, token?, project, id, purge?, force?}
+    purge    {rid, token?}
+    backup   {rid, token?, dest}
+
+``token`` makes a request that changes something safe to resend: the client
+picks one per request (:func:`new_token`) and sends it again with every retry.
+The daemon stores it with the request's outcome in the transaction that makes
+the change, and answers a token it has seen with that outcome, so a reply lost
+to a daemon crash costs nothing: the retry gets the run the first attempt made.
+Batches (``log``, ``config``, ...) need no token: their per-run ``seq`` does
+the same.
 
 Messages (daemon -> client):
     welcome  {version, server}
@@ -28,6 +39,7 @@ Messages (daemon -> client):
 
 from __future__ import annotations
 
+import os
 import struct
 from typing import Any, NoReturn
 
@@ -46,6 +58,15 @@ _HEADER = struct.Struct(">I")
 HEADER_SIZE = _HEADER.size
 
 Message = dict[str, Any]
+
+
+# The longest ``token`` the daemon accepts; new_token() makes 32 characters.
+MAX_TOKEN = 64
+
+
+def new_token() -> str:
+    """A fresh idempotency token for one request (and all its retries)."""
+    return os.urandom(16).hex()
 
 
 def _unpack(payload: bytes) -> Message:

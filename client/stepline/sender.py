@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from stepline import protocol
-from stepline.channel import Channel
+from stepline.channel import BACKOFF_MAX, BACKOFF_MIN, Channel
 from stepline.errors import (
     RETRYABLE,
     DaemonUnavailable,
@@ -54,7 +54,6 @@ BATCH_BYTES = 256 * 1024
 # While waiting for acks, how long the thread may sleep before looking at the
 # outbox again (new rows never wake it mid-wait; this bounds their delay).
 ACK_POLL = 0.05
-BACKOFF_MIN, BACKOFF_MAX = 0.05, 2.0
 # Most bytes of unacknowledged batches one pump sends (a spooled backlog goes out
 # in pieces, so acks keep flowing).
 SEND_BYTES = 1024 * 1024
@@ -134,6 +133,9 @@ class Sender:
         self._requests: dict[int, _Request] = {}
         self._rids = itertools.count(1)
         self._chan: Channel | None = None
+        # Why the daemon cannot be reached, while it cannot: a request that times
+        # out meanwhile says so (DaemonUnavailable), not merely Timeout.
+        self._down: Error | None = None
         self._idle = False
         self._since_yield = 0
         self._wake_r, self._wake_w = socket.socketpair()
@@ -203,7 +205,12 @@ class Sender:
             return self._ticket
 
     def request(self, msg: dict[str, Any], timeout: float) -> Any:
-        """Send a request on the sender's connection and wait for its result."""
+        """Send a request on the sender's connection and wait for its result.
+
+        Sent again, unchanged, after every reconnect until it is answered or
+        ``timeout`` passes: a request that changes something carries a ``token``,
+        so the daemon answers a resend with the first attempt's outcome.
+        """
         req = _Request(msg)
         with self._lock:
             rid = next(self._rids)
@@ -214,6 +221,9 @@ class Sender:
         if not req.done.wait(timeout):
             with self._lock:
                 self._requests.pop(rid, None)
+                down = self._down
+            if down is not None:
+                raise DaemonUnavailable(f"{down} (retried for {timeout:g}s)") from None
             raise Timeout(f"the stepline daemon at {self.path} did not answer within {timeout}s")
         if req.error is not None:
             raise req.error
@@ -230,6 +240,11 @@ class Sender:
             while self._done < target:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
+                    if self._down is not None:
+                        raise DaemonUnavailable(
+                            f"flush: {target - self._done} queued entries not yet acknowledged: "
+                            f"{self._down} (rows kept, sent when the daemon is back)"
+                        )
                     why = self._retrying
                     raise Timeout(
                         f"flush: {target - self._done} queued entries not yet acknowledged by "
@@ -252,10 +267,18 @@ class Sender:
         backoff = BACKOFF_MIN
         while True:  # a daemon thread: it ends with the process
             with self._lock:
+                idled = not self._has_work()
                 while not self._has_work():
                     self._idle = True
                     self._work.wait()
                     self._idle = False
+            if idled and self._chan is not None and self._chan.broken():
+                # The daemon closed the connection while nothing was pending (it
+                # restarted): reconnect before sending, not after a failed send.
+                log.info(
+                    "stepline: the daemon at %s closed the connection; reconnecting", self.path
+                )
+                self._disconnect()
             try:
                 if self._must_spill():
                     self._spill()
@@ -268,6 +291,8 @@ class Sender:
                 log.warning("stepline: %s; resending in %.2fs", exc, backoff)
             except (OSError, Error) as exc:
                 log.warning("stepline: daemon at %s unreachable (%s); retrying", self.path, exc)
+                with self._lock:
+                    self._down = exc if isinstance(exc, Error) else DaemonUnavailable(str(exc))
             except Exception:
                 # A bug must not silently end delivery: log it, reconnect, resend.
                 log.exception("stepline: sender failed; retrying")
@@ -294,12 +319,10 @@ class Sender:
         try:
             chan = Channel(self.path, CONNECT_TIMEOUT)
         except Error as exc:
+            # Requests and batches wait for the daemon to come back, each request
+            # within its caller's timeout.
             with self._lock:
-                # Requests fail fast; batches wait for the daemon to come back.
-                for req in self._requests.values():
-                    req.error = exc
-                    req.done.set()
-                self._requests.clear()
+                self._down = exc
             raise
         self._chan = chan
         chan.send(
@@ -311,6 +334,7 @@ class Sender:
         if welcome.get("op") != "welcome":
             raise DaemonUnavailable(f"unexpected greeting from {self.path}: {welcome!r}")
         with self._lock:
+            self._down = None
             # Everything unacknowledged goes again, in order, from the next pump.
             for out in self._unacked.values():
                 out.sent = False
@@ -320,15 +344,11 @@ class Sender:
         chan.sock.settimeout(SEND_TIMEOUT)
 
     def _disconnect(self) -> None:
+        # Requests in flight stay queued: they go again after the reconnect, and
+        # their tokens make the resend safe if the first attempt was applied.
         chan, self._chan = self._chan, None
         if chan is not None:
             chan.close()
-        with self._lock:
-            for rid, req in list(self._requests.items()):
-                if req.sent:  # may or may not have been applied: let the caller decide
-                    req.error = DaemonUnavailable(f"connection to {self.path} lost during request")
-                    req.done.set()
-                    del self._requests[rid]
 
     def _frame(self, e: _Entry) -> tuple[tuple[int, int], bytes] | None:
         """The entry framed with its run's next seq, or None (error recorded) if it

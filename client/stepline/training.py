@@ -20,7 +20,14 @@ import msgpack
 from stepline import offline, paths, protocol
 from stepline.autostart import enabled as autostart_enabled
 from stepline.autostart import ensure_daemon
-from stepline.errors import Error, InvalidFork, InvalidResume, Timeout, UsageError
+from stepline.errors import (
+    DaemonUnavailable,
+    Error,
+    InvalidFork,
+    InvalidResume,
+    Timeout,
+    UsageError,
+)
 from stepline.offline import OfflineSender
 from stepline.rows import MAX_ROW_BYTES, StepTracker, plain_value_problem
 from stepline.sender import Sender
@@ -267,7 +274,7 @@ class Run:
         _live_runs.discard(self)
         try:
             self._sender.flush(timeout)
-        except Timeout as exc:
+        except (Timeout, DaemonUnavailable) as exc:
             warnings.warn(f"stepline: finish({self.id!r}): {exc}", RuntimeWarning, stacklevel=2)
 
     def __enter__(self) -> Run:
@@ -325,7 +332,10 @@ def init(
         raise UsageError(f"resume={resume!r} needs the id of the run to resume")
     cfg = dict(config or {})
     _check_packable(cfg, "config")
-    msg: dict[str, Any] = {"op": "init", "project": project, "config": cfg}
+    # The token makes init safe to resend: if the daemon made the run but its
+    # reply was lost (it crashed, or restarted), the resend gets that same run.
+    msg: dict[str, Any] = {"op": "init", "token": protocol.new_token(), "project": project}
+    msg["config"] = cfg
     if id is not None:
         msg["id"] = id
     if name is not None:

@@ -37,7 +37,7 @@ _STATES = {s.value for s in State}
 def _open(data_dir: Path) -> lmdb.Environment:
     if not (data_dir / "data.mdb").is_file():
         raise FileNotFoundError(f"{data_dir} holds no stepline store (no data.mdb)")
-    env = lmdb.open(str(data_dir), readonly=True, lock=True, max_dbs=8, create=False)
+    env = lmdb.open(str(data_dir), readonly=True, lock=True, max_dbs=16, create=False)
     check_not_truncated(env, data_dir)
     return env
 
@@ -62,6 +62,10 @@ def _problems(
     env: lmdb.Environment, txn: lmdb.Transaction, decode_rows: bool, counts: Counter[str]
 ) -> Iterator[str]:
     dbs = {name: env.open_db(name.encode(), txn=txn, create=False) for name in _DBS}
+    try:  # stores written before request tokens have no such database
+        tokens = env.open_db(b"tokens", txn=txn, create=False)
+    except lmdb.NotFoundError:
+        tokens = None
     meta = dict(txn.cursor(db=dbs["meta"]))
     schema = meta.get(b"schema")
     if schema is None or _U64.unpack(schema)[0] != SCHEMA_VERSION:
@@ -179,9 +183,20 @@ def _problems(
     for key, value in txn.cursor(db=dbs["seqs"]):
         if len(key) < 10 or key[-9:-8] != b"\0" or len(value) != 8:
             yield f"seqs: malformed entry {bytes(key)!r}"
+    if tokens is not None:
+        for key, value in txn.cursor(db=tokens):
+            try:
+                done = msgpack.unpackb(value, raw=False)
+                ok = done["op"] in _TOKEN_OPS and isinstance(done["result"], dict)
+            except Exception:
+                ok = False
+            if not ok:
+                yield f"tokens: malformed entry {bytes(key)!r}"
+            counts["tokens"] += 1
 
 
 _DBS = ("history", "runs", "names", "children", "seqs", "snaps", "meta")
+_TOKEN_OPS = frozenset({"init", "delete", "purge"})
 _FIELDS = frozenset(
     {"run_no", "project", "id", "state", "parent", "archived_by", "rows", "last_step"}
 )

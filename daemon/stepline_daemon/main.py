@@ -27,6 +27,7 @@ from typing import IO
 import uvloop
 
 from stepline_daemon import logs, sdnotify
+from stepline_daemon.faults import CrashPoints
 from stepline_daemon.http import Http
 from stepline_daemon.process import INFO_FILE
 from stepline_daemon.server import Hub
@@ -134,11 +135,17 @@ async def _heartbeat(hub: Hub, notifier: sdnotify.Notifier, watchdog: float | No
         notifier.notify(*fields)
 
 
-async def serve(settings: Settings, store: Store, listener: socket.socket | None = None) -> None:
+async def serve(
+    settings: Settings,
+    store: Store,
+    listener: socket.socket | None = None,
+    crash: CrashPoints | None = None,
+) -> None:
     loop = asyncio.get_running_loop()
-    hub = Hub(settings, store, loop)
+    hub = Hub(settings, store, loop, crash)
     notifier = sdnotify.Notifier(settings.notify_socket)
     hub.writer.start()
+    hub.start_workers()
     http = await _start_http(settings, hub)
     hub.http_url = http.url if http is not None else None
     if listener is not None:  # socket activation: systemd made it and set its mode
@@ -229,7 +236,7 @@ def run(settings: Settings) -> int:
             if orphans:
                 log.info("marked %d runs left running by a previous daemon as crashed", orphans)
             try:
-                uvloop.run(serve(settings, store, listener))
+                uvloop.run(serve(settings, store, listener, CrashPoints.from_env()))
             finally:
                 store.close()
                 if listener is None:  # an activated socket is systemd's to remove

@@ -34,6 +34,7 @@ class DaemonProcess:
         self.log_path = log_path
         self.http = http  # HOST:PORT or off; port 0 (the default here) picks a free one
         self.args = args  # more daemon flags, for every start
+        self.env: dict[str, str] = {}  # more environment, for every start
         self.proc: subprocess.Popen[bytes] | None = None
 
     def spawn(self, *extra: str) -> subprocess.Popen[bytes]:
@@ -58,7 +59,7 @@ class DaemonProcess:
                 ],
                 stdout=out,
                 stderr=out,
-                env={**os.environ},
+                env={**os.environ, **self.env},
             )
         finally:
             if not isinstance(out, int):

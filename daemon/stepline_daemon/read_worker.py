@@ -38,6 +38,11 @@ def start(data_dir: str) -> None:
     _store = Store(Path(data_dir), map_size=0, readonly=True)
 
 
+def ready() -> bool:
+    """A task that only makes the pool start a worker (the daemon does so at start-up)."""
+    return _store is not None
+
+
 def run(op: str, msg: dict[str, Any], spec: render.Spec) -> Any:
     store = _store
     assert store is not None, "read worker used before start()"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import logging
 import multiprocessing
 import operator
@@ -20,7 +21,7 @@ import socket
 import struct
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, cast
@@ -39,6 +40,7 @@ from stepline.rows import (
     chunks_of,
 )
 from stepline_daemon import queries, read_worker, render
+from stepline_daemon.faults import CrashPoints
 from stepline_daemon.settings import Settings
 from stepline_daemon.store import Row, Store
 from stepline_daemon.writer import SEQ_OPS, ResizeGate, Writer, WriteRequest, error_reply
@@ -46,6 +48,9 @@ from stepline_daemon.writer import SEQ_OPS, ResizeGate, Writer, WriteRequest, er
 log = logging.getLogger("stepline.server")
 
 _MAX_CLIENT_ID = 64
+# Written into a backup's directory when the request carried a token: which
+# request made it, and once done, its answer (for a resend after a lost reply).
+BACKUP_MARK = "stepline-backup.json"
 
 
 Checked = tuple[list[Row], list[bytes] | None, Chunks | None]
@@ -175,14 +180,22 @@ def peer_credentials(sock: Any) -> dict[str, Any] | None:
 class Hub:
     """What every connection shares: store, writer, read pool, live connections."""
 
-    def __init__(self, settings: Settings, store: Store, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        loop: asyncio.AbstractEventLoop,
+        crash: CrashPoints | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.loop = loop
+        self.crash = crash or CrashPoints()
         self.gate = ResizeGate()
-        self.writer = Writer(store, self._post, self.gate, settings.max_group)
+        self.writer = Writer(store, self._post, self.gate, settings.max_group, self.crash)
         self.reads = ThreadPoolExecutor(settings.read_threads, thread_name_prefix="stepline-read")
         self.workers = self._worker_pool()
+        self._starting: list[Future[bool]] = []  # start_workers' tasks, until all ran
         self.connections: set[Connection] = set()
         self.stopping = False
         self.queued_bytes = 0
@@ -243,8 +256,7 @@ class Hub:
         }
 
     def _worker_pool(self) -> ProcessPoolExecutor | None:
-        """Read worker processes, spawned (never forked: this process has threads)
-        on the first heavy read."""
+        """Read worker processes, spawned (never forked: this process has threads)."""
         if not self.settings.read_processes:
             return None
         return ProcessPoolExecutor(
@@ -254,10 +266,35 @@ class Hub:
             initargs=(str(self.settings.data_dir),),
         )
 
+    def start_workers(self) -> None:
+        """Spawn every read worker now, in the background, rather than on the first
+        heavy read: starting one (a new interpreter, its imports, the store opened)
+        took ~120 ms of the first chart a user opened. Start-up does not wait for
+        them; until they are up, heavy reads run on a read thread instead."""
+        pool = self.workers
+        if pool is None:
+            return
+
+        def started(fut: Future[bool]) -> None:
+            if not fut.cancelled() and fut.exception() is not None:
+                log.error("a read worker failed to start: %s", fut.exception())
+
+        # A spawning pool starts a worker per task queued while none is idle.
+        for _ in range(self.settings.read_processes):
+            fut = pool.submit(read_worker.ready)
+            fut.add_done_callback(started)
+            self._starting.append(fut)
+
+    def _workers_up(self) -> bool:
+        """Whether the workers started at start-up are serving (always, after)."""
+        if self._starting and all(f.done() for f in self._starting):
+            self._starting.clear()
+        return not self._starting
+
     async def query(self, op: str, msg: dict[str, Any], spec: render.Spec = ("json",)) -> Any:
         """A read, rendered by ``spec``: heavy ones in a worker process, the rest
         on a read thread; never on the loop."""
-        if op in read_worker.HEAVY and self.workers is not None:
+        if op in read_worker.HEAVY and self.workers is not None and self._workers_up():
             for attempt in (1, 2):
                 pool = self.workers
                 assert pool is not None
@@ -275,20 +312,50 @@ class Hub:
         )
 
     def backup(self, msg: dict[str, Any]) -> dict[str, Any]:
-        """A consistent, compacted copy of the store, taken while serving."""
+        """A consistent, compacted copy of the store, taken while serving.
+
+        With a token, the backup is marked with it (``BACKUP_MARK`` in ``dest``):
+        a resend finds its own finished copy and gets the same answer, or its own
+        interrupted one and starts it again, where any other content is refused.
+        """
         dest = msg.get("dest")
         if not isinstance(dest, str) or not os.path.isabs(dest):
             raise RequestError("backup: dest must be an absolute directory path")
+        token = msg.get("token")
+        if token is not None and (
+            not isinstance(token, str) or not 0 < len(token) <= protocol.MAX_TOKEN
+        ):
+            raise RequestError(f"backup: token must be a 1-{protocol.MAX_TOKEN} character string")
         path = Path(dest)
+        mark = path / BACKUP_MARK
         try:
             path.mkdir(parents=True, exist_ok=True)
-            if any(path.iterdir()):
+            if token is not None and mark.is_file():
+                done = json.loads(mark.read_text())
+                if isinstance(done, dict) and done.get("token") == token:
+                    if "bytes" in done:  # this very request, answered already
+                        return {"path": dest, "bytes": done["bytes"]}
+                    (path / "data.mdb").unlink(missing_ok=True)  # cut short: again
+            if any(p.name != BACKUP_MARK for p in path.iterdir()) or (
+                mark.exists() and token is None
+            ):
                 raise RequestError(f"backup: {dest} is not empty")
+            if token is not None:
+                mark.write_text(json.dumps({"token": token}))
             with self.gate.shared():
                 self.store.env.copy(dest, compact=True)
+            out = {"path": dest, "bytes": (path / "data.mdb").stat().st_size}
+            if token is not None:
+                tmp = path / (BACKUP_MARK + ".tmp")
+                tmp.write_text(json.dumps({"token": token, "bytes": out["bytes"]}))
+                tmp.replace(mark)
         except OSError as exc:
             raise RequestError(f"backup: cannot write {dest}: {exc.strerror}") from None
-        return {"path": dest, "bytes": (path / "data.mdb").stat().st_size}
+        except ValueError:  # a mark that is not ours
+            raise RequestError(f"backup: {dest} is not empty") from None
+        if self.crash:
+            self.crash.reached("reply", "backup")
+        return out
 
     def read(self, op: str, msg: dict[str, Any]) -> Any:
         """Runs on a read-pool thread; prebuilt replies are framed here too, off the loop."""
@@ -464,6 +531,8 @@ class Connection(asyncio.Protocol):
 
     def handle(self, msg: dict[str, Any]) -> None:
         op = msg["op"]
+        if self.hub.crash:
+            self.hub.crash.reached("receive", op)
         if op == "hello":
             client = msg.get("client")
             if (

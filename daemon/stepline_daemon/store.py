@@ -11,6 +11,9 @@ contiguous key range:
 * ``snaps``    ``run_no:u64 | step:u64`` -> the run's own summary stats up to that
   step, every ``snapshot_every`` rows, so a fork's inherited summary costs a
   bounded scan however long the parent
+* ``tokens``   a request's idempotency token -> ``{op, t, result}``: the outcome of
+  an ``init``, ``delete`` or ``purge``, written in the transaction that applied
+  it, so a resend after a lost reply is answered with it (kept ``TOKEN_TTL``)
 * ``meta``     ``schema``, ``next_run_no``
 
 A fork is a new record whose ``parent`` is ``(parent_no, step)``; a rewind is a
@@ -60,6 +63,9 @@ SNAPSHOT_EVERY = 64
 # How long a crashed run is protected from delete (without force): its client
 # may just be reconnecting.
 CRASH_GRACE = 60.0
+# How long a request's outcome is kept for its resends. A client resends only
+# within its call's timeout (seconds to minutes); a day covers any sane one.
+TOKEN_TTL = 24 * 3600.0
 
 _U64 = struct.Struct(">Q")
 # For splicing ``_step`` into stored rows: a fixmap header one entry larger, and
@@ -181,7 +187,7 @@ class Store:
         self.env = lmdb.open(
             str(path),
             map_size=map_size or 1024 * 1024,
-            max_dbs=8,
+            max_dbs=16,
             # An ack promises the rows survive power loss: keep full fsync.
             sync=True,
             metasync=True,
@@ -193,9 +199,27 @@ class Store:
         check_not_truncated(self.env, path)
         dbs = [
             self.env.open_db(name, create=not readonly)
-            for name in (b"history", b"runs", b"names", b"children", b"seqs", b"snaps", b"meta")
+            for name in (
+                b"history",
+                b"runs",
+                b"names",
+                b"children",
+                b"seqs",
+                b"snaps",
+                b"tokens",
+                b"meta",
+            )
         ]
-        self.history, self.runs, self.names, self.children, self.seqs, self.snaps, self.meta = dbs
+        (
+            self.history,
+            self.runs,
+            self.names,
+            self.children,
+            self.seqs,
+            self.snaps,
+            self.tokens,
+            self.meta,
+        ) = dbs
         if readonly:
             return
         # Reader slots of processes that died (a killed daemon's read workers).
@@ -665,6 +689,56 @@ class Store:
             # The owning client reconnected after we saw it vanish.
             rec["state"] = transition(rec["state"], Event.REATTACH)
         return rec
+
+    # ------------------------------------------------------ idempotent requests
+
+    @staticmethod
+    def _token_key(token: Any) -> bytes:
+        if not isinstance(token, str) or not 0 < len(token) <= protocol.MAX_TOKEN:
+            raise RequestError(f"token must be a 1-{protocol.MAX_TOKEN} character string")
+        return token.encode("utf-8", "surrogatepass")
+
+    def outcome(self, txn: lmdb.Transaction, token: Any, op: str) -> dict[str, Any] | None:
+        """The result of the ``op`` request that carried ``token``, if one was applied."""
+        raw = txn.get(self._token_key(token), db=self.tokens)
+        if raw is None:
+            return None
+        done = _unpack(cast(bytes, raw))
+        if done["op"] != op:
+            raise RequestError(f"token {token!r} was already used for a {done['op']} request")
+        result: dict[str, Any] = done["result"]
+        if op == "init":
+            # Stored without the config (it can be large): the run's own, as the
+            # first reply had it, since nothing else changes a new run meanwhile.
+            try:
+                result["config"] = self.record(txn, result["run"])["config"]
+            except RunNotFound:
+                result["config"] = {}
+        return result
+
+    def remember(self, txn: lmdb.Transaction, token: Any, op: str, result: dict[str, Any]) -> None:
+        """Keep ``result`` as the outcome of the request carrying ``token``; in the
+        transaction that applied it, so the two are stored together or not at all."""
+        if op == "init":
+            result = {k: v for k, v in result.items() if k != "config"}
+        txn.put(
+            self._token_key(token),
+            _pack({"op": op, "t": time.time(), "result": result}),
+            db=self.tokens,
+        )
+
+    def expire_tokens(self, txn: lmdb.Transaction, before: float) -> int:
+        """Forget outcomes stored before ``before`` (a time.time() value)."""
+        old = [
+            bytes(key)
+            for key, value in txn.cursor(db=self.tokens)
+            if _unpack(cast(bytes, value))["t"] < before
+        ]
+        for key in old:
+            txn.delete(key, db=self.tokens)
+        return len(old)
+
+    # ------------------------------------------------------------ batch seqs
 
     def last_seq(self, txn: lmdb.Transaction, client: str, run_no: int) -> int:
         """The last batch seq of ``client`` for ``run_no`` that was answered for good."""

@@ -22,8 +22,9 @@ import lmdb
 
 from stepline.errors import DaemonError, Error, RequestError, SeqGap, StorageFull
 from stepline.rows import Chunks
+from stepline_daemon.faults import CrashPoints
 from stepline_daemon.metrics import Metrics
-from stepline_daemon.store import Row, Store
+from stepline_daemon.store import TOKEN_TTL, Row, Store
 
 log = logging.getLogger("stepline.writer")
 
@@ -34,8 +35,11 @@ Post = Callable[[list[tuple[ReplyFn, Reply]], set[int]], None]
 
 SEQ_OPS = frozenset({"log", "config", "summary", "metric", "finish"})
 # Requests without a seq to record when refused, each applied in a nested
-# transaction. (Refused seq requests must still record their seq.)
+# transaction. (Refused seq requests must still record their seq.) They may
+# carry a token: their outcome is stored with it, in that transaction.
 _SAVEPOINTED = frozenset({"init", "delete", "purge"})
+# How often stored outcomes older than TOKEN_TTL are looked for and dropped.
+TOKEN_EXPIRY_EVERY = 3600.0
 
 
 @dataclass(eq=False)
@@ -116,11 +120,14 @@ class Writer:
         post: Post,
         gate: ResizeGate,
         max_group: int,
+        crash: CrashPoints | None = None,
     ) -> None:
         self._store = store
         self._post = post
         self._gate = gate
         self._max_group = max_group
+        self._crash = crash or CrashPoints()
+        self._expire_tokens_at = 0.0  # time.monotonic() of the next expiry pass
         self.metrics = Metrics()
         self._queue: collections.deque[WriteRequest] = collections.deque()
         self._cv = threading.Condition()
@@ -174,9 +181,11 @@ class Writer:
                 ]
             finally:
                 self._busy_since = None
-            for _, reply in results:
+            for req, reply in results:
                 if reply is not None and reply.get("op") == "error":
                     self.metrics.refused(reply["code"])
+                elif self._crash:
+                    self._crash.reached("reply", req.op)  # committed, not yet answered
             self._post(
                 [(r.reply, reply) for r, reply in results if r.reply and reply], _touched(results)
             )
@@ -226,6 +235,8 @@ class Writer:
                     # Its traceback holds _apply_one's frame, and with it the
                     # request: free a refused batch now, not at the next GC.
                     exc.__traceback__ = None
+            if any(req.op in _SAVEPOINTED for req in group):
+                self._expire_tokens(txn)
             txn.commit()
         except BaseException:
             txn.abort()
@@ -233,6 +244,14 @@ class Writer:
         applied = sum(1 for _, reply in results if reply is not None and reply.get("op") != "error")
         self.metrics.committed(time.perf_counter() - began, self._rows_in_txn, applied)
         return results
+
+    def _expire_tokens(self, txn: lmdb.Transaction) -> None:
+        now = time.monotonic()
+        if now >= self._expire_tokens_at:
+            self._expire_tokens_at = now + TOKEN_EXPIRY_EVERY
+            n = self._store.expire_tokens(txn, time.time() - TOKEN_TTL)
+            if n:
+                log.info("writer: forgot %d request outcomes older than %.0fs", n, TOKEN_TTL)
 
     def _savepointed(self, txn: lmdb.Transaction, req: WriteRequest) -> Reply | None:
         """Apply ``req`` in a nested transaction: refused, it leaves no trace even
@@ -276,16 +295,20 @@ class Writer:
                 store.mark_seq(txn, req.client, run, seq)
                 raise
             return {"op": "ack", "run": run, "seq": seq}
-        if req.op == "init":
-            return {
-                "op": "ok",
-                "rid": msg.get("rid"),
-                "result": store.init_run(txn, msg, req.client),
-            }
-        if req.op == "delete":
-            return {"op": "ok", "rid": msg.get("rid"), "result": store.delete_run(txn, msg)}
-        if req.op == "purge":
-            return {"op": "ok", "rid": msg.get("rid"), "result": store.purge_deleted(txn)}
+        if req.op in _SAVEPOINTED:
+            token = msg.get("token")
+            done = None if token is None else store.outcome(txn, token, req.op)
+            if done is not None:  # a resend of a request already applied
+                return {"op": "ok", "rid": msg.get("rid"), "result": done}
+            if req.op == "init":
+                result = store.init_run(txn, msg, req.client)
+            elif req.op == "delete":
+                result = store.delete_run(txn, msg)
+            else:
+                result = store.purge_deleted(txn)
+            if token is not None:
+                store.remember(txn, token, req.op, result)
+            return {"op": "ok", "rid": msg.get("rid"), "result": result}
         if req.op == "disconnect":
             store.mark_crashed(txn, msg["run"], req.client)
             return None

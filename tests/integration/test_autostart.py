@@ -69,8 +69,8 @@ def test_two_processes_racing_get_one_daemon(spot: Path) -> None:
 
 def test_autostart_off_is_a_typed_error(spot: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(stepline.DaemonUnavailable):
-        stepline.init(project="auto", socket=str(spot), autostart=False, timeout=5)
+        stepline.init(project="auto", socket=str(spot), autostart=False, timeout=0.5)
     monkeypatch.setenv("STEPLINE_AUTOSTART", "0")
     with pytest.raises(stepline.DaemonUnavailable):
-        stepline.init(project="auto", socket=str(spot), timeout=5)
+        stepline.init(project="auto", socket=str(spot), timeout=0.5)
     assert daemons_on(spot) == []

@@ -664,14 +664,16 @@ def test_no_daemon_names_the_socket_and_how_to_start_one(
     monkeypatch.chdir(short_tmp)
     sock = short_tmp / "none.sock"
     for args in (["runs"], ["runs", "-p", P], ["show", f"{P}/x"], ["history", f"{P}/x", "--csv"]):
-        out = sl_proc(*args, STEPLINE_SOCKET=str(sock))  # the default comes from the env
+        # The default socket comes from the env; --timeout is how long it retries.
+        out = sl_proc(*args, "--timeout", "0.3", STEPLINE_SOCKET=str(sock))
         assert out.returncode == 1, args
         assert out.stdout == ""
         lines = out.stderr.splitlines()
         assert len(lines) == 1, out.stderr
         assert str(sock) in lines[0] and "`stepline daemon`" in lines[0]
+        assert "retried for 0.3s" in lines[0]
     for args in (["tree", f"{P}/x"], ["export", f"{P}/x"]):
-        assert cli.main([*args, "--socket", str(sock)]) == 1
+        assert cli.main([*args, "--socket", str(sock), "--timeout", "0.1"]) == 1
     assert os.listdir(short_tmp) == []
 
 

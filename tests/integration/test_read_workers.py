@@ -10,7 +10,7 @@ import urllib.request
 import pytest
 
 import stepline
-from tests.conftest import Daemon
+from tests.conftest import Daemon, wait_for
 
 
 def _workers(daemon: Daemon) -> list[int]:
@@ -56,3 +56,30 @@ def test_a_reply_over_the_frame_limit_is_a_typed_error_and_reads_go_on(daemon: D
     assert rows[0]["x"] == 0 and rows[-1]["x"] == 99
     api.close()
     assert b'"x":[0' in _chart(daemon, "big")
+
+
+def _ready(pid: int, daemon: Daemon) -> bool:
+    """The worker opened the store (its initializer ran): data.mdb is mapped."""
+    try:
+        return str(daemon.data_dir / "data.mdb") in open(f"/proc/{pid}/maps").read()
+    except OSError:
+        return False
+
+
+def test_read_workers_start_with_the_daemon(daemon: Daemon) -> None:
+    # Started at start-up, not by the first chart: spawning one (a new
+    # interpreter, its imports, the store opened) once cost that chart ~100 ms.
+    wait_for(
+        lambda: len(w := _workers(daemon)) == 2 and all(_ready(p, daemon) for p in w),
+        30,
+        "two read workers with the store open, before any read",
+    )
+    before = sorted(_workers(daemon))
+    run = stepline.init(project="p", id="r", socket=str(daemon.socket))
+    run.log({"x": 1})
+    run.finish()
+    api = stepline.Api(socket=str(daemon.socket))
+    assert api.run("p/r").history(samples=10, pandas=False)[0]["x"] == 1
+    assert _chart(daemon, "r")
+    api.close()
+    assert sorted(_workers(daemon)) == before  # served by them; none started late
