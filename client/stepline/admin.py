@@ -52,6 +52,7 @@ def status(argv: list[str]) -> int:
         ("ingested", f"{s['rows']:,} rows in {s['batches']:,} requests, {s['commits']:,} commits"),
         ("queued", f"{s['queued_requests']} requests, {s['queued_bytes']:,} bytes"),
         ("writer", "healthy" if s["writer_healthy"] else "STUCK"),
+        ("read workers", str(s.get("read_workers", 0))),
         ("errors", errors),
     ]
     width = max(len(k) for k, _ in lines)

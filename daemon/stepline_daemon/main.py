@@ -22,17 +22,19 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import uvloop
 
 from stepline_daemon import logs, sdnotify
 from stepline_daemon.faults import CrashPoints
-from stepline_daemon.http import Http
 from stepline_daemon.process import INFO_FILE
 from stepline_daemon.server import Hub
 from stepline_daemon.settings import Settings
 from stepline_daemon.store import Store, TruncatedStore
+
+if TYPE_CHECKING:
+    from stepline_daemon.http import Http
 
 log = logging.getLogger("stepline.daemon")
 
@@ -83,6 +85,9 @@ def _claim_socket(path: Path) -> None:
 async def _start_http(settings: Settings, hub: Hub) -> Http | None:
     if settings.http is None:
         return None
+    # Imported only when serving HTTP: aiohttp takes ~0.3 s of every start.
+    from stepline_daemon.http import Http
+
     http = Http(hub)
     host, port = settings.http
     try:
@@ -145,7 +150,6 @@ async def serve(
     hub = Hub(settings, store, loop, crash)
     notifier = sdnotify.Notifier(settings.notify_socket)
     hub.writer.start()
-    hub.start_workers()
     http = await _start_http(settings, hub)
     hub.http_url = http.url if http is not None else None
     if listener is not None:  # socket activation: systemd made it and set its mode

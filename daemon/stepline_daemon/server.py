@@ -195,6 +195,7 @@ class Hub:
         self.writer = Writer(store, self._post, self.gate, settings.max_group, self.crash)
         self.reads = ThreadPoolExecutor(settings.read_threads, thread_name_prefix="stepline-read")
         self.workers = self._worker_pool()
+        self._workers_started = False
         self._starting: list[Future[bool]] = []  # start_workers' tasks, until all ran
         self.connections: set[Connection] = set()
         self.stopping = False
@@ -253,6 +254,10 @@ class Hub:
             "commits": m.commits,
             "errors": dict(m.errors),
             "writer_healthy": self.writer.healthy(stuck_after=30.0),
+            # History reads go to worker processes once these are up (start-up).
+            "read_workers": self.settings.read_processes
+            if self.workers is not None and self._workers_started and self._workers_up()
+            else 0,
         }
 
     def _worker_pool(self) -> ProcessPoolExecutor | None:
@@ -267,13 +272,19 @@ class Hub:
         )
 
     def start_workers(self) -> None:
-        """Spawn every read worker now, in the background, rather than on the first
-        heavy read: starting one (a new interpreter, its imports, the store opened)
-        took ~120 ms of the first chart a user opened. Start-up does not wait for
-        them; until they are up, heavy reads run on a read thread instead."""
+        """Spawn every read worker, in the background, on the first read of any kind.
+
+        Not on the first heavy read: starting one (a new interpreter, its
+        imports, the store opened) took ~120 ms of the first chart a user opened,
+        and a chart comes after lighter reads (the dashboard's run list, or
+        ``Api().run()`` before ``history``). Not at start-up either: most daemons
+        only ingest, and need neither the CPU nor the memory. Until the workers
+        are up, heavy reads run on a read thread instead.
+        """
         pool = self.workers
-        if pool is None:
+        if pool is None or self._workers_started:
             return
+        self._workers_started = True
 
         def started(fut: Future[bool]) -> None:
             if not fut.cancelled() and fut.exception() is not None:
@@ -294,6 +305,7 @@ class Hub:
     async def query(self, op: str, msg: dict[str, Any], spec: render.Spec = ("json",)) -> Any:
         """A read, rendered by ``spec``: heavy ones in a worker process, the rest
         on a read thread; never on the loop."""
+        self.start_workers()
         if op in read_worker.HEAVY and self.workers is not None and self._workers_up():
             for attempt in (1, 2):
                 pool = self.workers
@@ -618,6 +630,7 @@ class Connection(asyncio.Protocol):
         self.send(reply)
 
     def _read(self, op: str, msg: dict[str, Any]) -> None:
+        self.hub.start_workers()
         if op in read_worker.HEAVY:
             fut: asyncio.Future[Any] = asyncio.ensure_future(
                 self.hub.query(op, msg, ("frame", msg.get("rid")))

@@ -45,7 +45,7 @@ def main() -> int:
                 upto = logged  # read before flush(): these rows were queued before it
                 try:
                     run.flush(timeout=FLUSH_TIMEOUT)
-                except stepline.Timeout:
+                except (stepline.Timeout, stepline.DaemonUnavailable):
                     continue  # the daemon is down or restarting; the rows are kept
                 except stepline.Error as exc:  # a refused batch: the test fails on it
                     errors.append(f"{type(exc).__name__}: {exc}")

@@ -37,6 +37,7 @@ with atheris.instrument_imports(include=["stepline", "stepline_daemon"]):
     from stepline import protocol
     from stepline.errors import DaemonError, Error, ProtocolError, RequestError
     from stepline_daemon import queries, render, server
+    from stepline_daemon.faults import CrashPoints
     from stepline_daemon.settings import Settings
     from stepline_daemon.store import Store
     from stepline_daemon.writer import ResizeGate, Writer, WriteRequest, error_reply
@@ -52,6 +53,7 @@ class _Hub:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.loop = asyncio.new_event_loop()  # never run: only makes futures
+        self.crash = CrashPoints()  # none: the fuzzer must not reach a crash point
 
     def status(self) -> dict[str, Any]:
         return {"pid": 0}

@@ -24,8 +24,9 @@ def test_status_reports_a_daemon_and_fails_without_one(daemon: Daemon, short_tmp
     assert daemon.http_url in done.stdout and "healthy" in done.stdout
     as_json = json.loads(cli("status", "--json", "--socket", str(daemon.socket)).stdout)
     assert as_json["pid"] == daemon.pid
-    gone = cli("status", "--socket", str(short_tmp / "nobody.sock"))
+    gone = cli("status", "--socket", str(short_tmp / "nobody.sock"), "--timeout", "0.3")
     assert gone.returncode == 1 and "no daemon answers" in gone.stderr
+    assert "retried for 0.3s" in gone.stderr
 
 
 def test_delete_purge_backup_check(daemon: Daemon, short_tmp: Path) -> None:

@@ -26,12 +26,21 @@ def _chart(daemon: Daemon, run_id: str) -> bytes:
         return resp.read()
 
 
+def _serving(daemon: Daemon) -> int:
+    """How many read workers the daemon sends history reads to."""
+    with stepline.Api(socket=str(daemon.socket)) as api:
+        n: int = api.status()["read_workers"]
+        return n
+
+
 def test_a_dead_worker_is_replaced_and_reads_go_on(daemon: Daemon) -> None:
     run = stepline.init(project="p", id="r", socket=str(daemon.socket))
     for i in range(100):
         run.log({"x": i})
     run.finish()
-    first = _chart(daemon, "r")
+    first = _chart(daemon, "r")  # starts the workers; read on a thread till they are up
+    wait_for(lambda: _serving(daemon) == 2, 30, "the read workers to serve")
+    assert _chart(daemon, "r") == first
     workers = _workers(daemon)
     assert workers, "history reads run in worker processes"
     for pid in workers:
@@ -66,20 +75,24 @@ def _ready(pid: int, daemon: Daemon) -> bool:
         return False
 
 
-def test_read_workers_start_with_the_daemon(daemon: Daemon) -> None:
-    # Started at start-up, not by the first chart: spawning one (a new
-    # interpreter, its imports, the store opened) once cost that chart ~100 ms.
-    wait_for(
-        lambda: len(w := _workers(daemon)) == 2 and all(_ready(p, daemon) for p in w),
-        30,
-        "two read workers with the store open, before any read",
-    )
-    before = sorted(_workers(daemon))
+def test_read_workers_start_with_the_first_read(daemon: Daemon) -> None:
     run = stepline.init(project="p", id="r", socket=str(daemon.socket))
     run.log({"x": 1})
     run.finish()
+    # A daemon that only ingests starts none (they cost CPU and memory) ...
+    assert _workers(daemon) == [] and _serving(daemon) == 0
     api = stepline.Api(socket=str(daemon.socket))
-    assert api.run("p/r").history(samples=10, pandas=False)[0]["x"] == 1
+    r = api.run("p/r")  # ... the first read of any kind starts them, in the background:
+    # spawning one (a new interpreter, its imports, the store opened) once cost
+    # the first chart ~120 ms; meanwhile heavy reads run on a read thread.
+    wait_for(
+        lambda: len(w := _workers(daemon)) == 2 and all(_ready(p, daemon) for p in w),
+        30,
+        "two read workers with the store open",
+    )
+    wait_for(lambda: _serving(daemon) == 2, 30, "the daemon to send reads to them")
+    before = sorted(_workers(daemon))
+    assert r.history(samples=10, pandas=False)[0]["x"] == 1
     assert _chart(daemon, "r")
     api.close()
     assert sorted(_workers(daemon)) == before  # served by them; none started late

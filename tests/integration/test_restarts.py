@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +40,19 @@ P = "restarts"
 T = 60.0
 IDLE = ("idle-term", "idle-kill")
 CRASHES = ("receive", "reply")
+
+
+@pytest.fixture
+def daemon(short_tmp: Path) -> Iterator[Daemon]:
+    """The suite's daemon without HTTP: nothing here reads over it, and each
+    test starts it three or four times (aiohttp costs ~0.3 s of every start)."""
+    d = Daemon(short_tmp)
+    d.http = "off"
+    d.start()
+    yield d
+    if d.alive:
+        assert d.stop() == 0, d.log()
+    assert "Traceback" not in d.log(), d.log()
 
 
 @dataclass
