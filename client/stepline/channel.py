@@ -12,6 +12,7 @@ import itertools
 import select
 import socket
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,17 @@ _RECV = 256 * 1024
 BACKOFF_MIN, BACKOFF_MAX = 0.05, 2.0
 # The least time one attempt gets to be answered (a local daemon takes ~1 ms).
 MIN_ATTEMPT = 0.1
+
+
+def readable(socks: Sequence[socket.socket], timeout: float) -> set[int]:
+    """File descriptors of ``socks`` ready to read within ``timeout`` seconds.
+
+    poll, not select: a training process often holds more than 1024 files.
+    """
+    poller = select.poll()
+    for sock in socks:
+        poller.register(sock, select.POLLIN)
+    return {fd for fd, _ in poller.poll(timeout * 1000)}
 
 
 class Retry:
@@ -98,10 +110,10 @@ class Channel:
         the request goes on a fresh one instead of into a dead socket.
         """
         try:
-            readable, _, _ = select.select([self.sock], [], [], 0)
-            if not readable:
-                return False
-            # Readable: either replies wait (alive) or the peer is gone (EOF/reset).
+            if not readable([self.sock], 0):
+                return False  # nothing to read: not closed
+            # Readable: replies wait (alive), or EOF or an error (gone). Peeked only
+            # once readable: recv on a socket with a timeout would first wait.
             return not self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
             return False

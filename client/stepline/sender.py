@@ -23,7 +23,6 @@ import contextlib
 import itertools
 import logging
 import os
-import select
 import socket
 import threading
 import time
@@ -32,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from stepline import protocol
-from stepline.channel import BACKOFF_MAX, BACKOFF_MIN, Channel
+from stepline.channel import BACKOFF_MAX, BACKOFF_MIN, Channel, readable
 from stepline.errors import (
     RETRYABLE,
     DaemonUnavailable,
@@ -96,6 +95,9 @@ class _Request:
     result: Any = None
     error: Error | None = None
     sent: bool = False
+    # The last ticket queued before it: it is sent only after every batch up to
+    # there (a fork goes after its parent's rows; a resend after theirs).
+    after: int = 0
 
 
 class _Retry(Exception):
@@ -136,6 +138,7 @@ class Sender:
         # Why the daemon cannot be reached, while it cannot: a request that times
         # out meanwhile says so (DaemonUnavailable), not merely Timeout.
         self._down: Error | None = None
+        self._asked = False  # a request came while the thread waited out a backoff
         self._idle = False
         self._since_yield = 0
         self._wake_r, self._wake_w = socket.socketpair()
@@ -215,16 +218,16 @@ class Sender:
         with self._lock:
             rid = next(self._rids)
             msg["rid"] = rid
+            req.after = self._ticket
             self._requests[rid] = req
+            self._asked = True
             self._work.notify()
         self._wake()
         if not req.done.wait(timeout):
             with self._lock:
-                self._requests.pop(rid, None)
-                down = self._down
-            if down is not None:
-                raise DaemonUnavailable(f"{down} (retried for {timeout:g}s)") from None
-            raise Timeout(f"the stepline daemon at {self.path} did not answer within {timeout}s")
+                if not req.done.is_set():  # else answered just now: take the answer
+                    self._requests.pop(rid, None)
+                    raise self._late(f"{msg['op']}: no answer within {timeout:g}s")
         if req.error is not None:
             raise req.error
         return req.result
@@ -240,21 +243,26 @@ class Sender:
             while self._done < target:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
-                    if self._down is not None:
-                        raise DaemonUnavailable(
-                            f"flush: {target - self._done} queued entries not yet acknowledged: "
-                            f"{self._down} (rows kept, sent when the daemon is back)"
-                        )
                     why = self._retrying
-                    raise Timeout(
-                        f"flush: {target - self._done} queued entries not yet acknowledged by "
-                        f"the daemon at {self.path}"
-                        + (f"; it reports: {why} (rows kept, resent until stored)" if why else "")
+                    raise self._late(
+                        f"flush: {target - self._done} queued entries not yet acknowledged",
+                        "rows kept, sent until stored",
                     ) from why
                 self._progress.wait(left)
             if self._errors:
                 err, self._errors = self._errors[0], []
                 raise err
+
+    def _late(self, what: str, note: str = "") -> Error:
+        """The error for a wait that ran out (called holding the lock):
+        DaemonUnavailable while no daemon could be reached, else Timeout."""
+        tail = f" ({note})" if note else ""
+        if self._retrying is not None:  # it answers, refusing for now (disk full)
+            return Timeout(f"{what}; the daemon at {self.path} reports: {self._retrying}{tail}")
+        if self._down is not None or self._chan is None:
+            why = self._down or f"no stepline daemon answered at {self.path}"
+            return DaemonUnavailable(f"{what}: {why}{tail}")
+        return Timeout(f"{what}: the stepline daemon at {self.path} did not answer in time{tail}")
 
     def _wake(self) -> None:
         # Only blocking calls (flush, finish, init) use this; log() never does.
@@ -272,6 +280,7 @@ class Sender:
                     self._idle = True
                     self._work.wait()
                     self._idle = False
+                self._asked = False
             if idled and self._chan is not None and self._chan.broken():
                 # The daemon closed the connection while nothing was pending (it
                 # restarted): reconnect before sending, not after a failed send.
@@ -299,8 +308,9 @@ class Sender:
             self._disconnect()
             with self._lock:
                 # Not while rows wait to spill: a full buffer must never wait out
-                # a backoff (that would cost the training thread its rows).
-                self._work.wait_for(self._must_spill, backoff)
+                # a backoff (that would cost the training thread its rows); nor a
+                # new request, which may find the daemon back already.
+                self._work.wait_for(lambda: self._must_spill() or self._asked, backoff)
             backoff = min(backoff * 2, BACKOFF_MAX)
 
     def _must_spill(self) -> bool:
@@ -419,11 +429,6 @@ class Sender:
         assert chan is not None
         with self._lock:
             entries = self._take_outbox()
-            frames: list[bytes] = []
-            for req in self._requests.values():
-                if not req.sent:
-                    req.sent = True
-                    frames.append(protocol.encode(req.msg))
             for e in entries:
                 framed = self._frame(e)
                 if framed is not None:
@@ -432,23 +437,29 @@ class Sender:
             if entries:
                 self._sent = entries[-1].ticket
             to_send = self._next_unsent()
+            # Each request after every batch queued before it: the daemon applies
+            # one connection's requests in order.
+            waits_for = self._first_unsent()
+            asks: list[bytes] = []
+            for req in self._requests.values():
+                if not req.sent and (waits_for is None or waits_for > req.after):
+                    req.sent = True
+                    asks.append(protocol.encode(req.msg))
             self._update_done()
             waiting = bool(self._unacked or self._requests)
         # Spooled batches are read back outside the lock: log() never waits on disk.
-        frames += [o.frame if o.frame is not None else self._spool.read(o.ref) for o in to_send]  # type: ignore[arg-type]
-        if frames:
-            chan.send(b"".join(frames))
+        frames = [o.frame if o.frame is not None else self._spool.read(o.ref) for o in to_send]  # type: ignore[arg-type]
+        if frames or asks:
+            chan.send(b"".join(frames + asks))
         if not waiting:
             return False
         # With batches still to send, only look for replies; don't wait for them.
-        ready, _, _ = select.select(
-            [chan.sock, self._wake_r], [], [], 0 if self._unsent else ACK_POLL
-        )
-        if self._wake_r in ready:
+        ready = readable([chan.sock, self._wake_r], 0 if self._unsent else ACK_POLL)
+        if self._wake_r.fileno() in ready:
             with contextlib.suppress(BlockingIOError):
                 while self._wake_r.recv(4096):
                     pass
-        if chan.sock not in ready:
+        if chan.sock.fileno() not in ready:
             return False
         data = chan.sock.recv(256 * 1024)
         if not data:
@@ -465,6 +476,13 @@ class Sender:
         if retry:
             raise _Retry(f"the daemon could not store a batch ({retry[0].get('message')})")
         return True
+
+    def _first_unsent(self) -> int | None:
+        """The first ticket of the oldest batch not yet sent, if any (holding the lock)."""
+        if not self._unsent:
+            return None
+        oldest = next(itertools.islice(reversed(self._unacked.values()), self._unsent - 1, None))
+        return oldest.first
 
     def _next_unsent(self) -> list[_Out]:
         """Unsent batches, oldest first, up to a send's worth; marks them sent."""

@@ -187,7 +187,12 @@ def _problems(
         for key, value in txn.cursor(db=tokens):
             try:
                 done = msgpack.unpackb(value, raw=False)
-                ok = done["op"] in _TOKEN_OPS and isinstance(done["result"], dict)
+                ok = (
+                    done["op"] in _TOKEN_OPS
+                    and isinstance(done["result"], dict)
+                    and isinstance(done["req"], bytes)
+                    and isinstance(done["t"], float)
+                )
             except Exception:
                 ok = False
             if not ok:

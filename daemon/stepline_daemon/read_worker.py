@@ -28,12 +28,16 @@ NICE = 10
 _store: Store | None = None
 
 
-def start(data_dir: str) -> None:
+def start(data_dir: str, daemon_pid: int) -> None:
     """Process initializer: die with the daemon, step aside for ingest, open the store."""
     global _store
     # PR_SET_PDEATHSIG: a SIGKILLed daemon must not leave workers behind.
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+    if os.getppid() != daemon_pid:
+        # The daemon died before the line above ran: no signal will come, and
+        # this process would wait on the pool's queue for ever.
+        os._exit(0)
     os.nice(NICE)
     _store = Store(Path(data_dir), map_size=0, readonly=True)
 

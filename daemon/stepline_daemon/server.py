@@ -19,6 +19,7 @@ import operator
 import os
 import socket
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -51,6 +52,33 @@ _MAX_CLIENT_ID = 64
 # Written into a backup's directory when the request carried a token: which
 # request made it, and once done, its answer (for a resend after a lost reply).
 BACKUP_MARK = "stepline-backup.json"
+_MARKS = frozenset({BACKUP_MARK, BACKUP_MARK + ".tmp"})
+
+
+def _read_mark(path: Path) -> dict[str, Any]:
+    """The backup mark in ``path``, newest first (a rename may not have happened);
+    {} when there is none that reads."""
+    for name in (BACKUP_MARK + ".tmp", BACKUP_MARK):
+        try:
+            done = json.loads((path / name).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(done, dict):
+            return done
+    return {}
+
+
+def _write_mark(path: Path, done: dict[str, Any]) -> None:
+    tmp = path / (BACKUP_MARK + ".tmp")
+    tmp.write_text(json.dumps(done))
+    tmp.replace(path / BACKUP_MARK)
+
+
+def _remove(path: Path, names: set[str]) -> set[str]:
+    """Remove these files of ``path``; the names left in it."""
+    for name in names:
+        (path / name).unlink(missing_ok=True)
+    return {p.name for p in path.iterdir()}
 
 
 Checked = tuple[list[Row], list[bytes] | None, Chunks | None]
@@ -203,6 +231,8 @@ class Hub:
         self.paused: set[Connection] = set()
         self.watchers: dict[int, set[asyncio.Event]] = {}
         self.http_url: str | None = None  # set once HTTP serves
+        self._backup_locks: dict[str, threading.Lock] = {}
+        self._backup_locks_guard = threading.Lock()
 
     def _post(
         self, results: list[tuple[Callable[[dict[str, Any]], None], dict[str, Any]]], runs: set[int]
@@ -268,7 +298,7 @@ class Hub:
             self.settings.read_processes,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=read_worker.start,
-            initargs=(str(self.settings.data_dir),),
+            initargs=(str(self.settings.data_dir), os.getpid()),
         )
 
     def start_workers(self) -> None:
@@ -326,9 +356,9 @@ class Hub:
     def backup(self, msg: dict[str, Any]) -> dict[str, Any]:
         """A consistent, compacted copy of the store, taken while serving.
 
-        With a token, the backup is marked with it (``BACKUP_MARK`` in ``dest``):
-        a resend finds its own finished copy and gets the same answer, or its own
-        interrupted one and starts it again, where any other content is refused.
+        With a token, the copy is marked with it (``BACKUP_MARK`` in ``dest``): a
+        resend finds its own finished copy and gets the same answer, or its own
+        interrupted one and starts it again; anything else in ``dest`` is refused.
         """
         dest = msg.get("dest")
         if not isinstance(dest, str) or not os.path.isabs(dest):
@@ -339,34 +369,39 @@ class Hub:
         ):
             raise RequestError(f"backup: token must be a 1-{protocol.MAX_TOKEN} character string")
         path = Path(dest)
-        mark = path / BACKUP_MARK
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-            if token is not None and mark.is_file():
-                done = json.loads(mark.read_text())
-                if isinstance(done, dict) and done.get("token") == token:
-                    if "bytes" in done:  # this very request, answered already
-                        return {"path": dest, "bytes": done["bytes"]}
-                    (path / "data.mdb").unlink(missing_ok=True)  # cut short: again
-            if any(p.name != BACKUP_MARK for p in path.iterdir()) or (
-                mark.exists() and token is None
-            ):
-                raise RequestError(f"backup: {dest} is not empty")
-            if token is not None:
-                mark.write_text(json.dumps({"token": token}))
-            with self.gate.shared():
-                self.store.env.copy(dest, compact=True)
-            out = {"path": dest, "bytes": (path / "data.mdb").stat().st_size}
-            if token is not None:
-                tmp = path / (BACKUP_MARK + ".tmp")
-                tmp.write_text(json.dumps({"token": token, "bytes": out["bytes"]}))
-                tmp.replace(mark)
-        except OSError as exc:
-            raise RequestError(f"backup: cannot write {dest}: {exc.strerror}") from None
-        except ValueError:  # a mark that is not ours
-            raise RequestError(f"backup: {dest} is not empty") from None
+        # One at a time per destination: a resend that arrives while the first
+        # attempt still copies waits for it, then finds it done.
+        with self._backup_locks_guard:
+            lock = self._backup_locks.setdefault(os.path.normpath(dest), threading.Lock())
+        with lock:
+            try:
+                out = self._backup_into(path, token)
+            except OSError as exc:
+                raise RequestError(f"backup: cannot write {dest}: {exc.strerror}") from None
         if self.crash:
             self.crash.reached("reply", "backup")
+        return out
+
+    def _backup_into(self, path: Path, token: str | None) -> dict[str, Any]:
+        path.mkdir(parents=True, exist_ok=True)
+        names = {p.name for p in path.iterdir()}
+        if token is not None and names:
+            done = _read_mark(path)
+            if done.get("token") == token:
+                if "bytes" in done and "data.mdb" in names:  # answered already
+                    return {"path": str(path), "bytes": done["bytes"]}
+                names = _remove(path, names & {"data.mdb", *_MARKS})  # cut short: again
+            elif not done and names <= _MARKS:
+                names = _remove(path, names)  # only a mark torn as it was first written
+        if names:
+            raise RequestError(f"backup: {path} is not empty")
+        if token is not None:
+            _write_mark(path, {"token": token})
+        with self.gate.shared():
+            self.store.env.copy(str(path), compact=True)
+        out = {"path": str(path), "bytes": (path / "data.mdb").stat().st_size}
+        if token is not None:
+            _write_mark(path, {"token": token, "bytes": out["bytes"]})
         return out
 
     def read(self, op: str, msg: dict[str, Any]) -> Any:

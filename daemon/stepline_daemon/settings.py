@@ -1,7 +1,8 @@
 """The daemon's settings: built once at start-up from flags, environment, defaults.
 
-Nothing else in the daemon reads ``os.environ``; everything it needs to know
-about its configuration is on the frozen :class:`Settings` it was handed.
+Nothing else in the daemon reads ``os.environ`` for its configuration;
+everything it needs to know is on the frozen :class:`Settings` it was handed.
+(The one other read is ``faults``: crash points for test suites, not a setting.)
 """
 
 from __future__ import annotations

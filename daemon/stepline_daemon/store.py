@@ -28,6 +28,7 @@ groups many requests into one); each validates everything before its first
 
 from __future__ import annotations
 
+import hashlib
 import re
 import secrets
 import struct
@@ -698,34 +699,56 @@ class Store:
             raise RequestError(f"token must be a 1-{protocol.MAX_TOKEN} character string")
         return token.encode("utf-8", "surrogatepass")
 
-    def outcome(self, txn: lmdb.Transaction, token: Any, op: str) -> dict[str, Any] | None:
-        """The result of the ``op`` request that carried ``token``, if one was applied."""
-        raw = txn.get(self._token_key(token), db=self.tokens)
+    @staticmethod
+    def _fingerprint(msg: dict[str, Any]) -> bytes:
+        """What a request asked for, the same in each of its attempts (a resend
+        is the same message, re-encoded; only its rid changes)."""
+        asked = {k: v for k, v in msg.items() if k not in ("rid", "token", "peer")}
+        return hashlib.blake2b(_pack(asked), digest_size=16).digest()
+
+    def outcome(self, txn: lmdb.Transaction, msg: dict[str, Any]) -> dict[str, Any] | None:
+        """The result of the request ``msg`` if an attempt of it was applied (same
+        token, same request), else None: it is to be applied now."""
+        key = self._token_key(msg.get("token"))
+        raw = txn.get(key, db=self.tokens)
         if raw is None:
             return None
         done = _unpack(cast(bytes, raw))
-        if done["op"] != op:
-            raise RequestError(f"token {token!r} was already used for a {done['op']} request")
+        if done["req"] != self._fingerprint(msg):
+            raise RequestError(f"token {msg['token']!r} was already used for another request")
         result: dict[str, Any] = done["result"]
-        if op == "init":
+        if done["op"] == "init":
+            raw_run = txn.get(_U64.pack(result["run"]), db=self.runs)
+            run = None if raw_run is None else _unpack(cast(bytes, raw_run))
+            if run is None or run.get("deleted") or run["archived_by"] is not None:
+                # The run it made is gone or replaced since (a sync of an offline
+                # file again, after a delete): decided afresh, as a new request.
+                txn.delete(key, db=self.tokens)
+                return None
             # Stored without the config (it can be large): the run's own, as the
             # first reply had it, since nothing else changes a new run meanwhile.
-            try:
-                result["config"] = self.record(txn, result["run"])["config"]
-            except RunNotFound:
-                result["config"] = {}
+            result["config"] = run["config"]
         return result
 
-    def remember(self, txn: lmdb.Transaction, token: Any, op: str, result: dict[str, Any]) -> None:
-        """Keep ``result`` as the outcome of the request carrying ``token``; in the
-        transaction that applied it, so the two are stored together or not at all."""
+    def remember(
+        self,
+        txn: lmdb.Transaction,
+        msg: dict[str, Any],
+        result: dict[str, Any],
+        now: float | None = None,
+    ) -> None:
+        """Keep ``result`` as the outcome of the request ``msg`` (by its token); in
+        the transaction that applied it, so the two are stored together or not at all."""
+        op = msg["op"]
         if op == "init":
             result = {k: v for k, v in result.items() if k != "config"}
-        txn.put(
-            self._token_key(token),
-            _pack({"op": op, "t": time.time(), "result": result}),
-            db=self.tokens,
-        )
+        done = {
+            "op": op,
+            "req": self._fingerprint(msg),
+            "t": time.time() if now is None else now,
+            "result": result,
+        }
+        txn.put(self._token_key(msg.get("token")), _pack(done), db=self.tokens)
 
     def expire_tokens(self, txn: lmdb.Transaction, before: float) -> int:
         """Forget outcomes stored before ``before`` (a time.time() value)."""

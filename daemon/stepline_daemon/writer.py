@@ -297,7 +297,7 @@ class Writer:
             return {"op": "ack", "run": run, "seq": seq}
         if req.op in _SAVEPOINTED:
             token = msg.get("token")
-            done = None if token is None else store.outcome(txn, token, req.op)
+            done = None if token is None else store.outcome(txn, msg)
             if done is not None:  # a resend of a request already applied
                 return {"op": "ok", "rid": msg.get("rid"), "result": done}
             if req.op == "init":
@@ -307,7 +307,7 @@ class Writer:
             else:
                 result = store.purge_deleted(txn)
             if token is not None:
-                store.remember(txn, token, req.op, result)
+                store.remember(txn, msg, result)
             return {"op": "ok", "rid": msg.get("rid"), "result": result}
         if req.op == "disconnect":
             store.mark_crashed(txn, msg["run"], req.client)

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -96,3 +97,35 @@ def test_read_workers_start_with_the_first_read(daemon: Daemon) -> None:
     assert _chart(daemon, "r")
     api.close()
     assert sorted(_workers(daemon)) == before  # served by them; none started late
+
+
+def _marked(marker: bytes) -> list[int]:
+    """Live processes whose environment holds ``marker``."""
+    out = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as f:
+                if marker in f.read():
+                    out.append(int(entry.name))
+        except OSError:
+            continue  # gone, or not ours to read
+    return out
+
+
+def test_a_daemon_killed_while_its_workers_start_leaves_none_behind(short_tmp: Path) -> None:
+    # Killed before a worker set its parent-death signal, the daemon once left it
+    # waiting on the pool's queue for ever (hundreds over a test suite).
+    marker = f"STEPLINE_TEST_WORKERS=w{os.getpid()}".encode()
+    d = Daemon(short_tmp)
+    d.env = {"STEPLINE_TEST_WORKERS": f"w{os.getpid()}"}
+    d.start()
+    daemon_pid = d.pid
+    api = stepline.Api(socket=str(d.socket))
+    with pytest.raises(stepline.RunNotFound):
+        api.run("p/none")  # a read: the workers start
+    api.close()
+    wait_for(lambda: set(_marked(marker)) - {daemon_pid}, 30, "a read worker to be starting")
+    d.kill()
+    wait_for(lambda: not _marked(marker), 30, "the read workers to end with the daemon")

@@ -16,6 +16,7 @@ The two crash points are the daemon's test-only ones (``stepline_daemon.faults``
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -202,6 +203,7 @@ def _check_log(ctx: Ctx, _: Any) -> None:
     r = ctx.api.run(f"{P}/open")
     assert [row["i"] for row in r.scan_history()] == list(range(1003))
     assert r.last_step == 1002
+    _open(ctx).finish(timeout=T)
 
 
 def _call_finish(ctx: Ctx) -> None:
@@ -430,7 +432,7 @@ def test_a_resent_token_gets_the_first_outcome_and_nothing_more(daemon: Daemon) 
     assert [r.id for r in api.runs(P)] == [first["result"]["id"]]
     # A token names one request: reusing it for another op is refused, unapplied.
     clash = _call(s, {"op": "purge", "rid": 3, "token": "t-init"})
-    assert clash["op"] == "error" and "already used for a init" in clash["message"]
+    assert clash["op"] == "error" and "already used for another" in clash["message"]
     # A request refused is not remembered: its resend is decided afresh.
     dup = {"op": "init", "rid": 4, "token": "t-dup", "project": P, "id": first["result"]["id"]}
     assert _call(s, dup)["code"] == "exists"
@@ -445,3 +447,83 @@ def test_a_resent_token_gets_the_first_outcome_and_nothing_more(daemon: Daemon) 
         assert reply["op"] == "error" and "token" in reply["message"], (bad, reply)
     s.close()
     api.close()
+
+
+def test_a_backup_resent_finds_its_own_copy_whatever_state_it_was_left_in(
+    daemon: Daemon, short_tmp: Path
+) -> None:
+    run = stepline.init(project=P, id="b", socket=str(daemon.socket), autostart=False)
+    run.log({"a": 1})
+    run.finish()
+    s = greeted(daemon, "raw")
+
+    def backup(dest: Path, token: str) -> dict[str, Any]:
+        return _call(s, {"op": "backup", "rid": 1, "token": token, "dest": str(dest)})
+
+    def left_as(name: str, files: dict[str, str]) -> Path:
+        dest = short_tmp / name
+        dest.mkdir()
+        for fname, text in files.items():
+            (dest / fname).write_text(text)
+        return dest
+
+    mark = "stepline-backup.json"
+    # Cut short mid-copy (the mark names this request): copied again, whole.
+    cut = left_as("cut", {mark: '{"token": "T"}', "data.mdb": "half a copy"})
+    # Killed as the first mark was written: a torn temporary mark alone.
+    torn = left_as("torn", {mark + ".tmp": '{"tok'})
+    # Killed before the last mark's rename: the copy finished, the answer is there.
+    for dest in (cut, torn):
+        reply = backup(dest, "T")
+        assert reply["op"] == "ok", reply
+        assert sorted(os.listdir(dest)) == ["data.mdb", mark]
+        assert check(dest)[0] == []
+    done = left_as("done", {mark: '{"token": "T"}', mark + ".tmp": '{"token": "T", "bytes": 7}'})
+    (done / "data.mdb").write_bytes(b"x" * 7)
+    assert backup(done, "T")["result"] == {"path": str(done), "bytes": 7}  # not copied again
+    # Another request's copy, or anything else, is never touched.
+    other = left_as("other", {mark: '{"token": "U", "bytes": 7}', "data.mdb": "theirs"})
+    for dest in (other, left_as("mine", {"notes.txt": "keep"})):
+        before = {p.name: p.read_bytes() for p in dest.iterdir()}
+        reply = backup(dest, "T")
+        assert reply["op"] == "error" and "not empty" in reply["message"], reply
+        assert {p.name: p.read_bytes() for p in dest.iterdir()} == before
+    s.close()
+
+
+def test_scan_history_carries_on_where_it_was_when_the_daemon_died(daemon: Daemon) -> None:
+    run = stepline.init(project=P, id="long", socket=str(daemon.socket), autostart=False)
+    pad = "p" * 1000  # 5 MB in all: far more than the socket buffers hold at the kill
+    for i in range(5000):
+        run.log({"i": i, "pad": pad})
+    run.finish()
+    api = stepline.Api(socket=str(daemon.socket), timeout=T)
+    rows = api.run(f"{P}/long").scan_history(page_size=50)
+    got = [next(rows) for _ in range(120)]  # mid-page, pages streamed ahead of it
+    daemon.kill()
+    daemon.start()
+    got += list(rows)  # the rest, on a new connection from the first row not handed out
+    assert [r["i"] for r in got] == list(range(5000))
+    api.close()
+
+
+def test_a_request_goes_after_the_rows_queued_before_it(daemon: Daemon) -> None:
+    """Rows and an init both wait for the daemon to come back: the init must not
+    overtake the rows logged before it (the fork would find its step missing)."""
+    ctx = Ctx(daemon, daemon.data_dir.parent)
+    parent = ctx.init(id="par")
+    parent.log({"i": 0})
+    parent.flush(timeout=T)
+    assert daemon.stop() == 0
+    for i in range(1, 3000):
+        parent.log({"i": i, "pad": "p" * 1000})  # queued, no daemon: more than one send
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(ctx.init, fork_from="par?_step=2999")
+        daemon.start()
+        child = pending.result(T)
+    assert child.start_step == 3000
+    child.finish(timeout=T)
+    parent.finish(timeout=T)
+    kid = ctx.api.run(f"{P}/{child.id}")
+    assert [r["i"] for r in kid.scan_history()] == list(range(3000))
+    ctx.api.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,41 +19,60 @@ def store(tmp_path: Path) -> Iterator[Store]:
     s.close()
 
 
-def _init(store: Store, token: str | None) -> dict[str, object]:
+def _init(store: Store, msg: dict[str, Any], now: float | None = None) -> dict[str, Any]:
+    """What the writer does with an init: replay its outcome, or apply and keep it."""
+    msg = {"op": "init", "project": "p", **msg}
     with store.env.begin(write=True) as txn:
-        done = store.outcome(txn, token, "init") if token is not None else None
-        if done is not None:
+        if "token" in msg and (done := store.outcome(txn, msg)) is not None:
             return done
-        result = store.init_run(txn, {"project": "p", "config": {"big": "x" * 1000}}, "c")
-        if token is not None:
-            store.remember(txn, token, "init", result)
+        result = store.init_run(txn, msg, "c")
+        if "token" in msg:
+            store.remember(txn, msg, result, now)
         return result
 
 
+BIG = {"big": "x" * 1000}
+
+
 def test_outcome_is_replayed_with_the_runs_config(store: Store) -> None:
-    first = _init(store, "tok")
-    assert _init(store, "tok") == first
+    first = _init(store, {"token": "tok", "config": BIG})
+    assert _init(store, {"token": "tok", "config": BIG, "rid": 9}) == first  # a resend
     with store.env.begin() as txn:
-        assert len(store.project_counts(txn)) == 1
+        assert store.project_counts(txn) == [("p", 1)]
         (_, raw), *_ = txn.cursor(db=store.tokens)
         assert b"xxxx" not in raw  # the config is not stored twice
-    assert _init(store, None) != first  # no token: a second run
+    assert _init(store, {"config": BIG}) != first  # no token: a second run
 
 
-def test_expiry_forgets_only_old_outcomes(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
-    import stepline_daemon.store as store_mod
+def test_a_token_names_one_request(store: Store) -> None:
+    _init(store, {"token": "tok", "id": "a"})
+    with pytest.raises(RequestError, match="already used for another request"):
+        _init(store, {"token": "tok", "id": "b"})
+    with store.env.begin() as txn:
+        assert store.project_counts(txn) == [("p", 1)]
 
-    monkeypatch.setattr(store_mod.time, "time", lambda: 1000.0)
-    old = _init(store, "old")
-    monkeypatch.setattr(store_mod.time, "time", lambda: 2000.0)
-    new = _init(store, "new")
+
+def test_a_run_deleted_since_is_made_again(store: Store) -> None:
+    # An offline file synced, its run deleted, the file synced again: a new run.
+    first = _init(store, {"token": "tok", "id": "a"})
+    with store.env.begin(write=True) as txn:
+        store.update_run(txn, "finish", {"run": first["run"], "exit_code": 0}, "c", 1)
+        store.delete_run(txn, {"project": "p", "id": "a"})
+    again = _init(store, {"token": "tok", "id": "a"})
+    assert again["id"] == "a" and again["run"] != first["run"]
+    assert _init(store, {"token": "tok", "id": "a"}) == again  # and kept, from now
+
+
+def test_expiry_forgets_only_old_outcomes(store: Store) -> None:
+    old = _init(store, {"token": "old"}, now=1000.0)
+    new = _init(store, {"token": "new"}, now=2000.0)
     with store.env.begin(write=True) as txn:
         assert store.expire_tokens(txn, before=1500.0) == 1
-    assert _init(store, "new") == new
-    assert _init(store, "old") != old  # forgotten: decided afresh (a new run here)
+    assert _init(store, {"token": "new"}) == new
+    assert _init(store, {"token": "old"}) != old  # forgotten: decided afresh (a new run)
 
 
 @pytest.mark.parametrize("token", ["", "x" * 65, 5, b"bytes"])
 def test_malformed_tokens_are_refused(store: Store, token: object) -> None:
     with store.env.begin() as txn, pytest.raises(RequestError, match="token"):
-        store.outcome(txn, token, "init")
+        store.outcome(txn, {"op": "init", "token": token})
