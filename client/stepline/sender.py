@@ -439,10 +439,11 @@ class Sender:
             to_send = self._next_unsent()
             # Each request after every batch queued before it: the daemon applies
             # one connection's requests in order.
-            waits_for = self._first_unsent()
             asks: list[bytes] = []
-            for req in self._requests.values():
-                if not req.sent and (waits_for is None or waits_for > req.after):
+            unsent = [req for req in self._requests.values() if not req.sent]
+            waits_for = self._first_unsent() if unsent else None
+            for req in unsent:
+                if waits_for is None or waits_for > req.after:
                     req.sent = True
                     asks.append(protocol.encode(req.msg))
             self._update_done()

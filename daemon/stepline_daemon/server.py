@@ -665,7 +665,8 @@ class Connection(asyncio.Protocol):
         self.send(reply)
 
     def _read(self, op: str, msg: dict[str, Any]) -> None:
-        self.hub.start_workers()
+        if op in queries.READS:  # (not a backup)
+            self.hub.start_workers()
         if op in read_worker.HEAVY:
             fut: asyncio.Future[Any] = asyncio.ensure_future(
                 self.hub.query(op, msg, ("frame", msg.get("rid")))
