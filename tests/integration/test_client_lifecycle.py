@@ -18,6 +18,8 @@ P = "life"
 
 def _script(daemon: Daemon, run_id: str, ending: str) -> str:
     return textwrap.dedent(f"""
+        import faulthandler
+        faulthandler.dump_traceback_later(45, exit=True)  # a hang shows every thread's stack
         import os, signal, time, stepline
         run = stepline.init(project={P!r}, id={run_id!r}, socket={str(daemon.socket)!r})
         for i in range(5000):
@@ -39,7 +41,7 @@ def test_sigterm_flushes_then_dies_of_the_signal(daemon: Daemon) -> None:
 def test_sigint_flushes_through_keyboard_interrupt(daemon: Daemon) -> None:
     script = _script(daemon, "interrupted", "os.kill(os.getpid(), signal.SIGINT)")
     proc = subprocess.run([sys.executable, "-c", script], timeout=60, capture_output=True)
-    assert proc.returncode != 0 and b"KeyboardInterrupt" in proc.stderr
+    assert proc.returncode != 0 and b"KeyboardInterrupt" in proc.stderr, proc.stderr.decode()
     r = stepline.Api(socket=str(daemon.socket)).run(f"{P}/interrupted")
     assert r.last_step == 4999
 
