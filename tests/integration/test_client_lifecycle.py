@@ -18,9 +18,14 @@ P = "life"
 
 def _script(daemon: Daemon, run_id: str, ending: str) -> str:
     return textwrap.dedent(f"""
-        import faulthandler
+        import faulthandler, signal
         faulthandler.dump_traceback_later(45, exit=True)  # a hang shows every thread's stack
-        import os, signal, time, stepline
+        # As a process started from a terminal has them, whatever the test run
+        # inherited: a shell without job control starts background jobs (a CI
+        # script's `make test &`, say) with SIGINT ignored, and exec keeps that.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        import os, time, stepline
         run = stepline.init(project={P!r}, id={run_id!r}, socket={str(daemon.socket)!r})
         for i in range(5000):
             run.log({{"i": i}})
