@@ -246,7 +246,7 @@ def table(m: dict[str, Any]) -> str:
     if "reads" in m:
         v = m["reads"]
         lines.append(
-            f"reads on {v['steps']:,} steps: scan {v['scan_flat_rows_per_s']:,.0f} rows/s flat, {v['scan_chain_rows_per_s']:,.0f} through a {v['depth']}-deep fork chain; history(1000) {v['history1000_flat_ms']:.1f} ms flat, {v['history1000_chain_ms']:.1f} ms chain"
+            f"reads on {v['steps']:,} steps: scan {v['scan_flat_rows_per_s']:,.0f} rows/s flat, {v['scan_chain_rows_per_s']:,.0f} through a {v['depth']}-deep fork chain; history(1000) {v['history1000_flat_ms']:.1f} ms flat, {v['history1000_chain_ms']:.1f} ms chain, {v.get('history1000_first_after_start_ms', float('nan')):.1f} ms as the first read after a start"
         )
         lines.append(
             f"fork init {v['fork_init_ms']:.2f} ms vs new empty run {v['new_run_init_ms']:.2f} ms (both include one fsync'd commit)"

@@ -252,6 +252,18 @@ def reads_and_forks(workdir: Path, steps: int, depth: int, repeats: int) -> dict
         out["fork_init_ms"] = statistics.median(fork_ms)
         out["new_run_init_ms"] = statistics.median(new_ms)
         api.close()
+        # The first chart after a (re)start: its read workers start on the first
+        # read, and history reads run on a thread until they are up.
+        first_ms = []
+        for _ in range(repeats):
+            assert d.stop() == 0
+            d.start()
+            with stepline.Api(socket=sock) as fresh:
+                r = fresh.run("bench/base")  # what a user's script or page asks first
+                t = time.perf_counter()
+                r.history(samples=1000, pandas=False)
+                first_ms.append((time.perf_counter() - t) * 1000)
+        out["history1000_first_after_start_ms"] = statistics.median(first_ms)
     finally:
         d.stop()
     return out
