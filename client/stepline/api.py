@@ -124,8 +124,8 @@ class Api:
         return projects
 
     def projects(self) -> list[str]:
-        out: list[str] = self._call({"op": "runs"})["projects"]
-        return out
+        """The projects' names, in name order."""
+        return [p["name"] for p in self.project_list()]
 
     def runs(self, project: str) -> list[ApiRun]:
         return [ApiRun(self, d) for d in self._call({"op": "runs", "project": project})["runs"]]

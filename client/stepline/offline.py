@@ -79,7 +79,7 @@ class OfflineSender:
         self._write(msg)
         fork = msg.get("fork_from")
         return {
-            "run": 0,
+            "run_no": 0,
             "id": msg["id"],
             "project": msg["project"],
             "name": msg.get("name") or msg["id"],
@@ -138,11 +138,12 @@ def _sync_once(path: Path, socket: Path, retry: Retry) -> tuple[str, int]:
                     f"run {init['id']!r} already exists in {init['project']!r} and was not "
                     f"made by this offline file ({path.name}); nothing was synced"
                 ) from None
-            info = {"run": found["run_no"]}
-        run_no, sent = info["run"], 0
+            info = {"run_no": found["run_no"]}
+        run_no, sent = info["run_no"], 0
         for sent, frame in enumerate(records, start=1):
             msg = _decode(frame)
-            chan.send(protocol.encode({**msg, "run": run_no, "seq": sent}))
+            msg.pop("run", None)  # files written before the run number was named run_no
+            chan.send(protocol.encode({**msg, "run_no": run_no, "seq": sent}))
         for _ in range(sent):
             reply = chan.receive(time.monotonic() + timeout)
             if reply.get("op") != "ack":

@@ -133,7 +133,7 @@ def encode_log(run: int, seq: int, steps: list[int], values: list[bytes]) -> byt
     Columns, not rows: the sender frames a whole batch in one C call, holding
     the GIL only briefly, and the daemon checks all steps in a few C passes.
     """
-    return encode({"op": "log", "run": run, "seq": seq, "steps": steps, "values": values})
+    return encode({"op": "log", "run_no": run, "seq": seq, "steps": steps, "values": values})
 
 
 def _uint(n: int) -> bytes:

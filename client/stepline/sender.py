@@ -370,7 +370,7 @@ class Sender:
                 frame = protocol.encode_log(e.run, seq, e.steps, e.values)
             else:
                 assert e.op is not None
-                frame = protocol.encode({**e.op, "run": e.run, "seq": seq})
+                frame = protocol.encode({**e.op, "run_no": e.run, "seq": seq})
         except (Error, TypeError, ValueError, OverflowError) as exc:
             # Refused here, alone: the seq is not used, so the daemon sees no gap.
             # (Never lets other entries taken with it be lost.)
@@ -513,7 +513,7 @@ class Sender:
                 req.result = msg.get("result")
             req.done.set()
             return False
-        key = (msg.get("run"), msg.get("seq"))
+        key = (msg.get("run_no"), msg.get("seq"))
         if op not in ("ack", "error") or key not in self._unacked:
             if op == "error":
                 log.error("stepline: daemon error: %s: %s", msg.get("code"), msg.get("message"))

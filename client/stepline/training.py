@@ -149,7 +149,7 @@ class Run:
     def __init__(self, sender: Sender, info: dict[str, Any]) -> None:
         self._sender_ = sender
         self._generation = _fork_generation
-        self._run_no: int = info["run"]
+        self._run_no: int = info["run_no"]
         self.id: str = info["id"]
         self.project: str = info["project"]
         self.name: str = info["name"]

@@ -106,8 +106,6 @@ def _target(store: Store, txn: lmdb.Transaction, msg: dict[str, Any]) -> Record:
 
 
 def runs(store: Store, txn: lmdb.Transaction, msg: dict[str, Any]) -> Any:
-    if msg.get("project") is None:
-        return {"projects": store.projects(txn)}
     return {"runs": store.list_runs(txn, msg.get("project"))}
 
 

@@ -529,7 +529,7 @@ class Connection(asyncio.Protocol):
         if self.client is not None and not self.hub.stopping and not reconnected:
             for run_no in self.owned:
                 self.hub.writer.submit(
-                    WriteRequest("disconnect", {"run": run_no}, self.client, None)
+                    WriteRequest("disconnect", {"run_no": run_no}, self.client, None)
                 )
 
     def data_received(self, data: bytes) -> None:
@@ -570,7 +570,7 @@ class Connection(asyncio.Protocol):
         except ProtocolError as exc:
             # A reply too large to frame becomes an error the client can act on.
             small = {"op": "error", "code": "reply_too_large", "message": exc.message}
-            small.update({k: msg[k] for k in ("rid", "run", "seq") if k in msg})
+            small.update({k: msg[k] for k in ("rid", "run_no", "seq") if k in msg})
             frame = protocol.encode(small)
         self.transport.write(frame)
 
@@ -612,8 +612,8 @@ class Connection(asyncio.Protocol):
             cost = self.decoder.last_size
             req = WriteRequest(op, msg, self.client, lambda r: self._on_write_reply(r, cost))
             if op in SEQ_OPS:
-                if type(msg.get("run")) is not int or not 0 <= msg["run"] < 1 << 64:
-                    raise RequestError(f"{op}: run must be a non-negative 64-bit integer")
+                if type(msg.get("run_no")) is not int or not 0 <= msg["run_no"] < 1 << 64:
+                    raise RequestError(f"{op}: run_no must be a non-negative 64-bit integer")
                 # Seqs start at 1: a 0 would read as a resend and be acked unstored.
                 if type(msg.get("seq")) is not int or not 1 <= msg["seq"] < 1 << 64:
                     raise RequestError(f"{op}: seq must be an integer in [1, 2**64)")
@@ -659,9 +659,9 @@ class Connection(asyncio.Protocol):
         # The runs this connection writes to are the ones it leaves crashed if it
         # vanishes, including runs it took over after reconnecting.
         if reply.get("op") == "ack":
-            self.owned.add(reply["run"])
-        elif reply.get("op") == "ok" and "run" in (reply.get("result") or {}):
-            self.owned.add(reply["result"]["run"])  # an init
+            self.owned.add(reply["run_no"])
+        elif reply.get("op") == "ok" and "run_no" in (reply.get("result") or {}):
+            self.owned.add(reply["result"]["run_no"])  # an init
         self.send(reply)
 
     def _read(self, op: str, msg: dict[str, Any]) -> None:

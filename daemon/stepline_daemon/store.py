@@ -663,7 +663,7 @@ class Store:
     @staticmethod
     def _reply(rec: Record, how: str) -> dict[str, Any]:
         return {
-            "run": rec["run_no"],
+            "run_no": rec["run_no"],
             "id": rec["id"],
             "project": rec["project"],
             "name": rec["name"],
@@ -672,12 +672,12 @@ class Store:
             "how": how,
             # The timeline a fork or rewind branched from (live streams of a
             # rewound timeline hear of it at once).
-            "parent_run": rec["parent"][0] if rec["parent"] is not None else None,
+            "parent_run_no": rec["parent"][0] if rec["parent"] is not None else None,
         }
 
     def _writable(self, txn: lmdb.Transaction, run_no: Any, client: str) -> Record:
         if type(run_no) is not int:
-            raise RequestError(f"run must be an integer run number, got {run_no!r}")
+            raise RequestError(f"run_no must be an integer run number, got {run_no!r}")
         rec = self.record(txn, run_no)
         if rec.get("deleted"):
             raise RunNotWritable(f"run {rec['id']!r} was deleted")
@@ -718,7 +718,7 @@ class Store:
             raise RequestError(f"token {msg['token']!r} was already used for another request")
         result: dict[str, Any] = done["result"]
         if done["op"] == "init":
-            raw_run = txn.get(_U64.pack(result["run"]), db=self.runs)
+            raw_run = txn.get(_U64.pack(result["run_no"]), db=self.runs)
             run = None if raw_run is None else _unpack(cast(bytes, raw_run))
             if run is None or run.get("deleted") or run["archived_by"] is not None:
                 # The run it made is gone or replaced since (a sync of an offline
@@ -827,7 +827,7 @@ class Store:
         self, txn: lmdb.Transaction, op: str, msg: dict[str, Any], client: str, seq: int
     ) -> None:
         """``config``, ``summary``, ``metric`` and ``finish`` requests."""
-        rec = self._writable(txn, msg.get("run"), client)
+        rec = self._writable(txn, msg.get("run_no"), client)
         if op == "config":
             rec["config"] = {**rec["config"], **_check_map(msg.get("config"), "config")}
         elif op == "summary":

@@ -57,7 +57,7 @@ class WriteRequest:
 
 def error_reply(exc: Error, msg: dict[str, Any]) -> Reply:
     out: Reply = {"op": "error", "code": exc.code, "message": exc.message}
-    for k in ("rid", "run", "seq"):
+    for k in ("rid", "run_no", "seq"):
         if k in msg:
             out[k] = msg[k]
     return out
@@ -67,12 +67,12 @@ def _touched(results: list[tuple[WriteRequest, Reply | None]]) -> set[int]:
     runs = set()
     for req, reply in results:
         if req.op in SEQ_OPS or req.op == "disconnect":
-            runs.add(req.msg["run"])
+            runs.add(req.msg["run_no"])
         elif req.op == "init" and reply is not None and reply.get("op") == "ok":
             result = reply["result"]
-            runs.add(result["run"])
+            runs.add(result["run_no"])
             if result.get("how") == "rewind":
-                runs.add(result["parent_run"])  # now archived
+                runs.add(result["parent_run_no"])  # now archived
     return runs
 
 
@@ -273,10 +273,10 @@ class Writer:
     def _apply_one(self, txn: lmdb.Transaction, req: WriteRequest) -> Reply | None:
         store, msg = self._store, req.msg
         if req.op in SEQ_OPS:
-            run, seq = msg["run"], msg["seq"]
+            run, seq = msg["run_no"], msg["seq"]
             last = store.last_seq(txn, req.client, run)
             if seq <= last:  # a resend of a batch already answered: apply nothing
-                return {"op": "ack", "run": run, "seq": seq}
+                return {"op": "ack", "run_no": run, "seq": seq}
             if seq != last + 1:
                 # An earlier batch failed for a passing reason (storage); the client
                 # resends from it, in order. Not recorded: this one is not answered.
@@ -294,7 +294,7 @@ class Writer:
                 # Refused for good: record the seq so the run's next batch follows on.
                 store.mark_seq(txn, req.client, run, seq)
                 raise
-            return {"op": "ack", "run": run, "seq": seq}
+            return {"op": "ack", "run_no": run, "seq": seq}
         if req.op in _SAVEPOINTED:
             token = msg.get("token")
             done = None if token is None else store.outcome(txn, msg)
@@ -310,7 +310,7 @@ class Writer:
                 store.remember(txn, msg, result)
             return {"op": "ok", "rid": msg.get("rid"), "result": result}
         if req.op == "disconnect":
-            store.mark_crashed(txn, msg["run"], req.client)
+            store.mark_crashed(txn, msg["run_no"], req.client)
             return None
         if req.op == "barrier":
             return {"op": "barrier"}

@@ -46,12 +46,12 @@ def main() -> int:
     while len(got) < 2:
         got += replies(sock, dec)
     assert got[0]["op"] == "welcome" and got[1]["op"] == "ok", got
-    run = got[1]["result"]["run"]
+    run = got[1]["result"]["run_no"]
     print(f"run {run}", flush=True)
 
     def frame(b: int) -> bytes:
         batch = [[b * rows + j, {"b": b, "j": j, "pad": pad}] for j in range(rows)]
-        return protocol.encode({"op": "log", "run": run, "seq": b + 1, "rows": batch})
+        return protocol.encode({"op": "log", "run_no": run, "seq": b + 1, "rows": batch})
 
     def report_acks() -> None:
         while True:
@@ -72,7 +72,7 @@ def main() -> int:
             acks: list[dict[str, Any]] = []
             while not acks:
                 acks = replies(sock, dec)
-            assert acks == [{"op": "ack", "run": run, "seq": b + 1}], acks
+            assert acks == [{"op": "ack", "run_no": run, "seq": b + 1}], acks
             print(f"ack {b + 1}", flush=True)
         whole = frame(half_at)
         sock.sendall(whole[: len(whole) // 2])

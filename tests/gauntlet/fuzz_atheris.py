@@ -98,7 +98,7 @@ class Harness:
         with self.store.env.begin(write=True) as txn:
             base = self.store.init_run(txn, {"project": P, "id": "r0", "config": {"lr": 1}}, "s")
             rows = [(s, {"a": s * 0.5, "b": str(s), "c": s % 3 == 0}) for s in range(200)]
-            self.store.append(txn, base["run"], rows, "s", 1)
+            self.store.append(txn, base["run_no"], rows, "s", 1)
             self.store.init_run(txn, {"project": P, "id": "r1", "fork_from": ["r0", 50]}, "s")
             self.store.init_run(txn, {"project": P, "id": "r0", "resume_from": ["r0", 80]}, "s")
             self.store.init_run(txn, {"project": P, "id": "r2"}, "s")
@@ -173,12 +173,12 @@ SEEDS: list[dict[str, Any]] = [
     {"op": "init", "rid": 2, "project": P, "fork_from": ["r0", 40], "tags": ["t"]},
     {"op": "init", "rid": 3, "project": P, "id": "r0", "resume_from": ["r0", 30]},
     {"op": "init", "rid": 4, "project": P, "id": "r2", "resume": "allow"},
-    {"op": "log", "run": 4, "seq": 1, "steps": [0, 1], "values": [b"\x81\xa1a\x01"] * 2},
-    {"op": "log", "run": 4, "seq": 1, "rows": [[0, {"a": 1.5}], [1, b"\x81\xa1b\xc0"]]},
-    {"op": "config", "run": 4, "seq": 1, "config": {"k": {"x": 1}}},
-    {"op": "summary", "run": 4, "seq": 1, "summary": {"best": 0.5}},
-    {"op": "metric", "run": 4, "seq": 1, "name": "a", "summary": "min"},
-    {"op": "finish", "run": 4, "seq": 1, "exit_code": 1, "dropped": 2},
+    {"op": "log", "run_no": 4, "seq": 1, "steps": [0, 1], "values": [b"\x81\xa1a\x01"] * 2},
+    {"op": "log", "run_no": 4, "seq": 1, "rows": [[0, {"a": 1.5}], [1, b"\x81\xa1b\xc0"]]},
+    {"op": "config", "run_no": 4, "seq": 1, "config": {"k": {"x": 1}}},
+    {"op": "summary", "run_no": 4, "seq": 1, "summary": {"best": 0.5}},
+    {"op": "metric", "run_no": 4, "seq": 1, "name": "a", "summary": "min"},
+    {"op": "finish", "run_no": 4, "seq": 1, "exit_code": 1, "dropped": 2},
     {"op": "runs", "rid": 5, "project": P},
     {"op": "info", "rid": 6, "project": P, "id": "r1"},
     {"op": "info", "rid": 6, "project": P, "run_no": 1},

@@ -1,7 +1,7 @@
 """A well-behaved client that logs steadily while the fuzzer attacks the daemon.
 
 ``python -m tests.gauntlet.fuzz_steady SOCKET PROJECT RUN_ID`` starts a run,
-prints one JSON line ``{"ready": true, "run": RUN_NO}``, then logs rows of
+prints one JSON line ``{"ready": true, "run_no": RUN_NO}``, then logs rows of
 ``{"i": step, "x": step / 2}`` in small batches, timing every ``flush()``
 (the round trip until the daemon has committed and acknowledged them), until
 its standard input closes. It then finishes the run and prints one JSON line
@@ -35,7 +35,7 @@ def main(argv: list[str]) -> int:
 
     threading.Thread(target=watch_stdin, daemon=True).start()
     run = stepline.init(project=project, id=run_id, socket=socket, autostart=False, timeout=30)
-    print(json.dumps({"ready": True, "run": run._run_no}), flush=True)
+    print(json.dumps({"ready": True, "run_no": run._run_no}), flush=True)
     step = acked = 0
     flush_s: list[float] = []
     while True:

@@ -87,7 +87,7 @@ class RawConn:
         reply = self.recv()
         if reply.get("op") != "ok":
             raise RuntimeError(f"init refused: {reply!r}")
-        return int(reply["result"]["run"])
+        return int(reply["result"]["run_no"])
 
     def log(self, run_no: int, seq: int, run_id: str, steps: range) -> None:
         """Send one batch (columns, values packed as the library packs them) and
@@ -98,7 +98,7 @@ class RawConn:
 
     def expect_ack(self, run_no: int, seq: int) -> None:
         reply = self.recv()
-        if reply != {"op": "ack", "run": run_no, "seq": seq}:
+        if reply != {"op": "ack", "run_no": run_no, "seq": seq}:
             raise RuntimeError(f"expected the ack of batch {seq} of run {run_no}, got {reply!r}")
 
     def close(self) -> None:
@@ -140,7 +140,7 @@ def conns(args: argparse.Namespace) -> int:
                 res["acked"] += args.batch
                 res["batches"] = seq
                 stop.wait(args.interval)  # pacing: a batch per interval at most
-            conn.send({"op": "finish", "run": run_no, "seq": seq + 1, "exit_code": 0})
+            conn.send({"op": "finish", "run_no": run_no, "seq": seq + 1, "exit_code": 0})
             conn.expect_ack(run_no, seq + 1)
             res["finished"] = True
         except Exception as exc:

@@ -283,7 +283,7 @@ class Steady:
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()  # the run is open once this line comes
         assert line, f"the steady client died at start:\n{self.err_path.read_text()}"
-        self.run_no: int = json.loads(line)["run"]
+        self.run_no: int = json.loads(line)["run_no"]
 
     def stop(self) -> SteadyFigures:
         """Stop logging, finish, and count what the daemon stored of it."""
@@ -492,7 +492,7 @@ _read_fields = {
     "match": field(st.sampled_from(["all", "any"])),
     "run_no": field(st.integers(0, 30)),
 }
-_seq_base = {"run": field(st.sampled_from(OWN)), "seq": field(st.just(NEXT))}
+_seq_base = {"run_no": field(st.sampled_from(OWN)), "seq": field(st.just(NEXT))}
 _OP_FIELDS: dict[str, dict[str, st.SearchStrategy[Any]]] = {
     "hello": {"client": field(st.text(min_size=1, max_size=64))},
     "init": {
@@ -626,12 +626,12 @@ def base_messages(run: int) -> list[dict[str, Any]]:
         {"op": "init", "rid": 1, "project": P, "id": "m0", "name": "m", "config": {"lr": 0.1}},
         {"op": "init", "rid": 2, "project": P, "fork_from": ["r0", 3], "tags": ["a"]},
         {"op": "init", "rid": 3, "project": P, "id": "r0", "resume_from": ["r0", 2]},
-        {"op": "log", "run": run, "seq": 1, "steps": [10, 11], "values": [v, v]},
-        {"op": "log", "run": run, "seq": 2, "rows": [[12, {"a": 1.5}], [13, v]]},
-        {"op": "config", "run": run, "seq": 3, "config": {"k": [1, 2], "m": {"x": None}}},
-        {"op": "summary", "run": run, "seq": 4, "summary": {"best": 0.25}},
-        {"op": "metric", "run": run, "seq": 5, "name": "loss", "summary": "min"},
-        {"op": "finish", "run": run, "seq": 6, "exit_code": 0, "dropped": 0},
+        {"op": "log", "run_no": run, "seq": 1, "steps": [10, 11], "values": [v, v]},
+        {"op": "log", "run_no": run, "seq": 2, "rows": [[12, {"a": 1.5}], [13, v]]},
+        {"op": "config", "run_no": run, "seq": 3, "config": {"k": [1, 2], "m": {"x": None}}},
+        {"op": "summary", "run_no": run, "seq": 4, "summary": {"best": 0.25}},
+        {"op": "metric", "run_no": run, "seq": 5, "name": "loss", "summary": "min"},
+        {"op": "finish", "run_no": run, "seq": 6, "exit_code": 0, "dropped": 0},
         {"op": "runs", **read},
         {"op": "info", **read},
         {"op": "scan", **read, "keys": ["a"], "min_step": 0, "max_step": 99, "limit": 10},
@@ -689,18 +689,18 @@ class FuzzState:
         out, expect = [], []
         for m in msgs:
             m = dict(m)
-            run, exp = m.get("run"), None
+            run, exp = m.get("run_no"), None
             if isinstance(run, Sentinel):
                 run_no = self.own[OWN.index(run)]
                 if m.get("seq") is NEXT:
                     key = (self.client, run_no)
                     seqs[key] = seqs.get(key, 0) + 1
-                    m["run"], m["seq"] = run_no, seqs[key]
+                    m["run_no"], m["seq"] = run_no, seqs[key]
                     exp = (run_no, seqs[key])
                 else:
-                    m["run"] = self.scratch
+                    m["run_no"] = self.scratch
             elif type(run) is int and run in self.protected:
-                m["run"] = self.scratch
+                m["run_no"] = self.scratch
             if m.get("seq") is NEXT:
                 m["seq"] = 1
             if m.get("op") == "scan":
@@ -748,12 +748,12 @@ def http_sweep(daemon: Daemon, project: str) -> int:
 
 def fuzz_setup(daemon: Daemon, steady: Steady) -> tuple[Wire, FuzzState]:
     w = Wire(daemon)
-    own = [new_run(w, i)["run"] for i in OWN_IDS]
-    scratch = new_run(w, "scratch")["run"]
+    own = [new_run(w, i)["run_no"] for i in OWN_IDS]
+    scratch = new_run(w, "scratch")["run_no"]
     for r in ("r0", "r1", "r2"):
-        rn = new_run(w, r)["run"]
+        rn = new_run(w, r)["run_no"]
         rows = [[s, {"a": s, "s": str(s)}] for s in range(40)]
-        assert w.call({"op": "log", "run": rn, "seq": 1, "rows": rows})["op"] == "ack"
+        assert w.call({"op": "log", "run_no": rn, "seq": 1, "rows": rows})["op"] == "ack"
     return w, FuzzState(own=own, scratch=scratch, protected={steady.run_no, *own})
 
 
@@ -791,8 +791,8 @@ def test_fuzz_protocol_messages_against_the_daemon(
         for r in replies:
             c = code_of(r)
             codes[c or r["op"]] = codes.get(c or r["op"], 0) + 1
-            if type(r.get("run")) is int and type(r.get("seq")) is int:
-                by_key.setdefault((r["run"], r["seq"]), []).append(r)
+            if type(r.get("run_no")) is int and type(r.get("seq")) is int:
+                by_key.setdefault((r["run_no"], r["seq"]), []).append(r)
         for m, e in zip(concrete, expect, strict=True):
             if e is not None:
                 got = by_key.get(e)
@@ -840,7 +840,7 @@ def test_random_and_mutated_frames_against_the_daemon(
             known_bug(m)
             or m.get("op") == "backup"
             or (m.get("op") == "scan" and m.get("stream"))
-            or (type(m.get("run")) is int and m["run"] in state.protected)
+            or (type(m.get("run_no")) is int and m["run_no"] in state.protected)
             for m in msgs
         ):
             counts["skipped"] += 1
@@ -907,14 +907,14 @@ def test_truncated_frames_and_lengths_over_the_maximum(
     daemon: Daemon, steady: Steady, record: Record
 ) -> None:
     w = Wire(daemon)
-    run = new_run(w, "trunc")["run"]
+    run = new_run(w, "trunc")["run_no"]
     # Once before measuring: the allocator keeps the high-water mark of 16 MiB buffers.
     faults = max_size_frames(daemon, w)
     mem_before = Memory.of(daemon)
     frames = [
         encode({"op": "status", "rid": 1}),
         encode({"op": "info", "rid": 2, "project": P, "id": "trunc"}),
-        encode({"op": "log", "run": run, "seq": 1, "steps": [0], "values": [packed({"a": 1})]}),
+        encode({"op": "log", "run_no": run, "seq": 1, "steps": [0], "values": [packed({"a": 1})]}),
     ]
     # Cut anywhere (inside the header too), then EOF: the daemon closes without
     # answering the incomplete frame, and keeps serving.
@@ -1064,7 +1064,7 @@ FIELD_SPECS: dict[str, tuple[dict[str, Any], dict[str, Callable[[Any], bool]]]] 
         {"exit_code": 0, "dropped": 0},
         {"exit_code": lambda v: type(v) is int, "dropped": lambda v: type(v) is int},
     ),
-    "runs": ({"rid": 1, "project": P}, {"rid": _ANY, "project": lambda v: v is None or _name(v)}),
+    "runs": ({"rid": 1, "project": P}, {"rid": _ANY, "project": _name}),
     "info": (
         {"rid": 1, "project": P, "id": "target"},
         {**_READ_ACCEPTS, "run_no": lambda v: v is None or type(v) is int},
@@ -1127,9 +1127,9 @@ def test_wrong_types_in_every_field_of_every_op(
     one typed reply; refused whenever the field cannot take that value."""
     mem_before = Memory.of(daemon)
     w = Wire(daemon)
-    target = new_run(w, "target")["run"]
+    target = new_run(w, "target")["run_no"]
     assert w.call(
-        {"op": "log", "run": target, "seq": 1, "steps": [0], "values": [packed({"a": 1})]}
+        {"op": "log", "run_no": target, "seq": 1, "steps": [0], "values": [packed({"a": 1})]}
     )
     seq, step, n_init, cases, skipped = 1, 1, 0, 0, []
     problems: list[str] = []
@@ -1149,8 +1149,8 @@ def test_wrong_types_in_every_field_of_every_op(
                     run = target
                     if op == "finish":  # an accepted finish must not close the target
                         n_init += 1
-                        run = new_run(w, f"f{n_init}")["run"]
-                    msg = {"run": run, "seq": seq + 1 if run == target else 1, **msg}
+                        run = new_run(w, f"f{n_init}")["run_no"]
+                    msg = {"run_no": run, "seq": seq + 1 if run == target else 1, **msg}
                     for k in ("steps", "rows"):
                         if msg.get(k) == ["STEP"]:
                             msg[k] = [step]
@@ -1170,7 +1170,7 @@ def test_wrong_types_in_every_field_of_every_op(
                     continue
                 if value is not KeyError and not accepts[fname](value) and err is None:
                     problems.append(f"{where}: accepted")
-                if real_op in SEQ_OPS and msg["run"] == target and msg.get("seq") == seq + 1:
+                if real_op in SEQ_OPS and msg["run_no"] == target and msg.get("seq") == seq + 1:
                     assert err is None or err.code not in RETRYABLE, where
                     seq += 1
                     step += reply["op"] == "ack" and real_op == "log"
@@ -1195,15 +1195,17 @@ def test_non_str_keys_huge_keys_deep_nesting_and_a_million_keys(
     daemon: Daemon, steady: Steady, record: Record
 ) -> None:
     w = Wire(daemon)
-    run = new_run(w, "keys")["run"]
+    run = new_run(w, "keys")["run_no"]
     seq = 0
 
     def log(values: Any, form: str = "columns") -> dict[str, Any]:
         nonlocal seq
         seq += 1
         if form == "columns":
-            return w.call({"op": "log", "run": run, "seq": seq, "steps": [seq], "values": [values]})
-        return w.call({"op": "log", "run": run, "seq": seq, "rows": [[seq, values]]})
+            return w.call(
+                {"op": "log", "run_no": run, "seq": seq, "steps": [seq], "values": [values]}
+            )
+        return w.call({"op": "log", "run_no": run, "seq": seq, "rows": [[seq, values]]})
 
     # 10^6 keys in one row (15-byte keys: a frame just under 16 MiB), packed and as a
     # map, and 10^6 unknown keys in a message: refused whole, or ignored. First, since
@@ -1237,7 +1239,7 @@ def test_non_str_keys_huge_keys_deep_nesting_and_a_million_keys(
             assert code_of(reply) == "bad_request" and "key" in reply["message"], (k, reply)
         for op in ("config", "summary"):
             seq += 1
-            reply = w.call({"op": op, "run": run, "seq": seq, op: {"ok": 1, k: 1}})
+            reply = w.call({"op": op, "run_no": run, "seq": seq, op: {"ok": 1, k: 1}})
             assert code_of(reply) == "bad_request" and "string keys" in reply["message"]
         faults += 5
     # Huge keys: a row key over 256 characters is refused; elsewhere they are data.
@@ -1251,7 +1253,9 @@ def test_non_str_keys_huge_keys_deep_nesting_and_a_million_keys(
     assert reply["result"]["rows"] == 0  # none of the above stored a row
     seq += 1
     big_key = "K" * (1 << 20)
-    assert w.call({"op": "config", "run": run, "seq": seq, "config": {big_key: 1}})["op"] == "ack"
+    assert (
+        w.call({"op": "config", "run_no": run, "seq": seq, "config": {big_key: 1}})["op"] == "ack"
+    )
     got = w.call({"op": "info", "rid": 4, "project": P, "id": "keys"})["result"]["config"]
     assert list(got) == [big_key]
     # Deep nesting: 10,000 levels is past msgpack's own stack (1024): a bad frame,
@@ -1262,7 +1266,7 @@ def test_non_str_keys_huge_keys_deep_nesting_and_a_million_keys(
             if where == "status":
                 payload = b"\x83\xa2op\xa6status\xa3rid\x05\xa4deep" + deep
             else:
-                head = packed({"op": "log", "run": run, "seq": seq + 1, "steps": [1]})
+                head = packed({"op": "log", "run_no": run, "seq": seq + 1, "steps": [1]})
                 payload = bytes((head[0] + 1,)) + head[1:] + b"\xa6values\x91" + deep
             c = Wire(daemon)
             c.send(struct.pack(">I", len(payload)) + payload)
@@ -1301,7 +1305,7 @@ def test_non_str_keys_huge_keys_deep_nesting_and_a_million_keys(
 def test_nan_negative_and_huge_steps(daemon: Daemon, steady: Steady, record: Record) -> None:
     mem_before = Memory.of(daemon)
     w = Wire(daemon)
-    run = new_run(w, "steps")["run"]
+    run = new_run(w, "steps")["run_no"]
     v = packed({"a": 1})
     bad_steps: list[list[Any]] = [
         [NAN], [INF], [-INF], [-1], [INT_MIN], [2**63], [UINT_MAX], [1.5], [1.0], [True],
@@ -1314,13 +1318,18 @@ def test_nan_negative_and_huge_steps(daemon: Daemon, steady: Steady, record: Rec
             if form == "columns":
                 msg = {
                     "op": "log",
-                    "run": run,
+                    "run_no": run,
                     "seq": seq,
                     "steps": steps,
                     "values": [v] * len(steps),
                 }
             else:
-                msg = {"op": "log", "run": run, "seq": seq, "rows": [[s, {"a": 1}] for s in steps]}
+                msg = {
+                    "op": "log",
+                    "run_no": run,
+                    "seq": seq,
+                    "rows": [[s, {"a": 1}] for s in steps],
+                }
             reply = w.call(msg)
             code = code_of(reply)
             want = "step_order" if steps in ([3, 2], [5, 5]) else "bad_request"
@@ -1331,11 +1340,11 @@ def test_nan_negative_and_huge_steps(daemon: Daemon, steady: Steady, record: Rec
     # The largest step is stored and read back; nothing can follow it.
     seq += 1
     assert (
-        w.call({"op": "log", "run": run, "seq": seq, "steps": [STEP_MAX], "values": [v]})["op"]
+        w.call({"op": "log", "run_no": run, "seq": seq, "steps": [STEP_MAX], "values": [v]})["op"]
         == "ack"
     )
     seq += 1
-    reply = w.call({"op": "log", "run": run, "seq": seq, "rows": [[STEP_MAX, {"a": 2}]]})
+    reply = w.call({"op": "log", "run_no": run, "seq": seq, "rows": [[STEP_MAX, {"a": 2}]]})
     assert code_of(reply) == "step_order"
     rows = w.call({"op": "scan", "rid": 2, "project": P, "id": "steps", "min_step": 0, "limit": 5})
     assert [r["_step"] for r in rows["result"]["rows"]] == [STEP_MAX]
@@ -1389,7 +1398,7 @@ def test_unknown_run_and_log_after_finish(daemon: Daemon, steady: Steady, record
     # any answered batch does, so each op takes the next.
     for run in (0, 10**9, UINT_MAX):
         for seq, (op, body) in enumerate(bodies.items(), start=1):
-            err = typed(w.call({"op": op, "run": run, "seq": seq, **body}))
+            err = typed(w.call({"op": op, "run_no": run, "seq": seq, **body}))
             assert isinstance(err, RunNotFound), (op, run, err)
             faults += 1
     for op in ("info", "state", "scan", "history", "page", "keys", "delete"):
@@ -1415,17 +1424,17 @@ def test_unknown_run_and_log_after_finish(daemon: Daemon, steady: Steady, record
     with pytest.raises(stepline.UsageError):
         run.define_metric("a", summary="max")
     faults += 3
-    old = new_run(w, "old")["run"]
+    old = new_run(w, "old")["run_no"]
     rows = [[0, {"a": 0}], [1, {"a": 1}]]
-    assert w.call({"op": "log", "run": old, "seq": 1, "rows": rows})["op"] == "ack"
-    new = new_run(w, "old", resume_from=["old", 0])["run"]  # archives timeline `old`
-    assert w.call({"op": "finish", "run": new, "seq": 1})["op"] == "ack"
+    assert w.call({"op": "log", "run_no": old, "seq": 1, "rows": rows})["op"] == "ack"
+    new = new_run(w, "old", resume_from=["old", 0])["run_no"]  # archives timeline `old`
+    assert w.call({"op": "finish", "run_no": new, "seq": 1})["op"] == "ack"
     assert w.call({"op": "delete", "rid": 1, "project": P, "id": "old"})["op"] == "ok"
     seqs = {run._run_no: 0, old: 1, new: 1}  # this connection's last batch of each
     for run_no, label in ((run._run_no, "finished"), (old, "archived"), (new, "deleted")):
         for op, body in bodies.items():
             seqs[run_no] += 1
-            msg = {"op": op, "run": run_no, "seq": seqs[run_no], **body, "steps": [9]}
+            msg = {"op": op, "run_no": run_no, "seq": seqs[run_no], **body, "steps": [9]}
             err = typed(w.call(msg))
             assert isinstance(err, RunNotWritable), (label, op, err)
             faults += 1
@@ -1451,8 +1460,8 @@ def test_concurrent_init_of_the_same_id(daemon: Daemon, steady: Steady, record: 
     mem_before = Memory.of(daemon)
     n = 12
     conns = [Wire(daemon, client=f"racer-{i}") for i in range(n)]
-    base = new_run(conns[0], "base")["run"]
-    assert conns[0].call({"op": "log", "run": base, "seq": 1, "rows": [[0, {"a": 0}], [1, {}]]})
+    base = new_run(conns[0], "base")["run_no"]
+    assert conns[0].call({"op": "log", "run_no": base, "seq": 1, "rows": [[0, {"a": 0}], [1, {}]]})
     rounds = scale(10, 100)
     barrier = threading.Barrier(n)
     variants: list[tuple[str, dict[str, Any]]] = [
@@ -1492,7 +1501,7 @@ def test_concurrent_init_of_the_same_id(daemon: Daemon, steady: Steady, record: 
         else:
             assert len(winners) == 1, replies
             assert all(isinstance(e, RunExists) for e in errors if e is not None), errors
-        assert len({w["result"]["run"] for w in winners}) == 1
+        assert len({w["result"]["run_no"] for w in winners}) == 1
     listed = conns[0].call({"op": "runs", "rid": 1, "project": P})["result"]["runs"]
     ids = [r["id"] for r in listed]
     assert sorted(ids) == sorted({*ids}) and len(ids) == rounds + 1
@@ -1542,10 +1551,10 @@ def test_fork_cycles_through_rewinds_are_impossible(
 
     def log(run_id: str, n: int) -> None:
         res = current[run_id]
-        seqs[res["run"]] = seq = seqs.get(res["run"], 0) + 1
+        seqs[res["run_no"]] = seq = seqs.get(res["run_no"], 0) + 1
         start = res["start_step"]
         rows = [[start + i, {"v": start + i}] for i in range(n)]
-        reply = w.call({"op": "log", "run": res["run"], "seq": seq, "rows": rows})
+        reply = w.call({"op": "log", "run_no": res["run_no"], "seq": seq, "rows": rows})
         if typed(reply) is None:
             res["start_step"] = start + n
 
@@ -1586,9 +1595,13 @@ def test_fork_cycles_through_rewinds_are_impossible(
     log("a", 3)
     assert init("b", resume_from=["b", 2]) is None  # b rewound to inside a's rows
     w.call(
-        {"op": "finish", "run": current["a"]["run"], "seq": seqs.get(current["a"]["run"], 0) + 1}
+        {
+            "op": "finish",
+            "run_no": current["a"]["run_no"],
+            "seq": seqs.get(current["a"]["run_no"], 0) + 1,
+        }
     )
-    seqs[current["a"]["run"]] = seqs.get(current["a"]["run"], 0) + 1
+    seqs[current["a"]["run_no"]] = seqs.get(current["a"]["run_no"], 0) + 1
     assert w.ok({"op": "delete", "rid": 0, "project": project, "id": "a"})["timelines"] == 2
     # `a` again, now forked from b, which descends from the old a: a new timeline,
     # not the deleted one, so still no cycle.
@@ -1616,8 +1629,8 @@ def test_fork_cycles_through_rewinds_are_impossible(
             log(run_id, rng.randint(1, 6))
         elif kind == 5 and run_id in current:
             res = current[run_id]
-            seqs[res["run"]] = seq = seqs.get(res["run"], 0) + 1
-            typed(w.call({"op": "finish", "run": res["run"], "seq": seq, "exit_code": 0}))
+            seqs[res["run_no"]] = seq = seqs.get(res["run_no"], 0) + 1
+            typed(w.call({"op": "finish", "run_no": res["run_no"], "seq": seq, "exit_code": 0}))
         elif kind == 6:
             msg = {"op": "delete", "rid": 0, "project": project, "id": run_id}
             typed(w.call({**msg, "purge": rng.random() < 0.5}))
@@ -1805,9 +1818,9 @@ def _bug(reason: str) -> pytest.MarkDecorator:
 @_bug("store.update_run: `mode not in MODES` raises TypeError on an unhashable summary")
 def test_known_bug_metric_summary_unhashable(bare_daemon: Daemon) -> None:
     w = Wire(bare_daemon)
-    run = new_run(w, "m")["run"]
+    run = new_run(w, "m")["run_no"]
     for seq, mode in enumerate(([1], {"k": 1}), start=1):
-        msg = {"op": "metric", "run": run, "seq": seq, "name": "x", "summary": mode}
+        msg = {"op": "metric", "run_no": run, "seq": seq, "name": "x", "summary": mode}
         assert code_of(w.call(msg)) == "bad_request"
     no_traceback(bare_daemon)
 
@@ -1842,8 +1855,8 @@ def test_known_bug_explicit_nil_paging(bare_daemon: Daemon) -> None:
 )
 def test_known_bug_dropped_overflow(bare_daemon: Daemon) -> None:
     w = Wire(bare_daemon)
-    run = new_run(w, "d")["run"]
-    finish = {"op": "finish", "run": run, "exit_code": 0, "dropped": UINT_MAX}
+    run = new_run(w, "d")["run_no"]
+    finish = {"op": "finish", "run_no": run, "exit_code": 0, "dropped": UINT_MAX}
     assert code_of(w.call({**finish, "seq": 1})) == "bad_request"  # refused at once
     assert w.call({**finish, "seq": 2, "dropped": 2**32 - 1})["op"] == "ack"
     new_run(w, "d", resume="allow")
@@ -1950,14 +1963,14 @@ def test_known_bug_client_surrogate_in_define_metric(bare_daemon: Daemon) -> Non
 )
 def test_known_bug_refused_batch_kept_until_gc(bare_daemon: Daemon) -> None:
     w = Wire(bare_daemon)
-    run = new_run(w, "big")["run"]
+    run = new_run(w, "big")["run_no"]
     million = packed({f"k{i:013d}": 1 for i in range(1_000_000)})
     seq = 0
 
     def refuse() -> None:
         nonlocal seq
         seq += 1
-        msg = {"op": "log", "run": run, "seq": seq, "steps": [seq], "values": [million]}
+        msg = {"op": "log", "run_no": run, "seq": seq, "steps": [seq], "values": [million]}
         assert code_of(w.call(msg)) == "bad_request"
 
     refuse()  # the allocator's high-water mark: two batches in flight at once
@@ -1972,7 +1985,7 @@ def test_known_bug_refused_batch_kept_until_gc(bare_daemon: Daemon) -> None:
 @_bug("seq 0 is taken for a resend of an answered batch: acknowledged, nothing stored")
 def test_known_bug_seq_zero_acked_without_storing(bare_daemon: Daemon) -> None:
     w = Wire(bare_daemon)
-    run = new_run(w, "z")["run"]
-    reply = w.call({"op": "log", "run": run, "seq": 0, "rows": [[0, {"a": 1}]]})
+    run = new_run(w, "z")["run_no"]
+    reply = w.call({"op": "log", "run_no": run, "seq": 0, "rows": [[0, {"a": 1}]]})
     rows = w.ok({"op": "state", "rid": 1, "project": P, "id": "z"})["rows"]
     assert reply["op"] == "error" or rows == 1, (reply, rows)

@@ -244,16 +244,16 @@ def cycle(path: str, i: int) -> dict[str, Any]:
         if kind == "unacked":  # a batch sent, the ack never read
             values = [msgpack.packb(expected_row(run_id, 0))]
             conn.sock.sendall(protocol.encode_log(run_no, 1, [0], values))
-            return {"kind": kind, "run": run_id, "acked": 0}
+            return {"kind": kind, "run_no": run_id, "acked": 0}
         conn.log(run_no, 1, run_id, range(1))
         if kind == "finished":
-            conn.send({"op": "finish", "run": run_no, "seq": 2, "exit_code": 0})
+            conn.send({"op": "finish", "run_no": run_no, "seq": 2, "exit_code": 0})
             conn.expect_ack(run_no, 2)
         elif kind == "mid_frame":  # gone halfway through the header, or the payload
             values = [msgpack.packb(expected_row(run_id, 1))]
             frame = protocol.encode_log(run_no, 2, [1], values)
             conn.sock.sendall(frame[: 2 if i % 2 else len(frame) // 2])
-        return {"kind": kind, "run": run_id, "acked": 1}
+        return {"kind": kind, "run_no": run_id, "acked": 1}
     finally:
         conn.close()
 
@@ -286,7 +286,7 @@ def test_connect_disconnect_cycles_leak_nothing(daemon: Daemon, record: Record) 
 
     expect = dict.fromkeys(["vanished", "mid_frame", "unacked"], "crashed")
     expect["finished"] = "finished"
-    runs = {c["run"]: c for c in left if "run" in c}
+    runs = {c["run_no"]: c for c in left if "run_no" in c}
 
     def states() -> dict[str, Any]:
         return {r.id: r for r in api.runs(CHURN)}

@@ -384,15 +384,15 @@ def test_bad_requests_get_typed_errors_and_store_nothing(daemon: Daemon) -> None
         "float_step": {"seq": 7, "rows": [[1.5, {"a": 1}]]},
         "empty_rows": {"seq": 8, "rows": []},
         "seq_gap": {"seq": 10},
-        "run_type": {"run": "x"},
+        "run_type": {"run_no": "x"},
         "seq_type": {"seq": -1},
-        "unknown_run": {"run": 99999, "seq": 1},
+        "unknown_run": {"run_no": 99999, "seq": 1},
         "init_type": {"op": "init", "project": 5},
         "read_type": {"op": "scan", "project": P, "id": "target", "limit": "many"},
         "unknown_op": {"op": "nonsense"},
     }
     for name, fields in bad.items():
-        msg = {"op": "log", "run": run_no, "rows": [[7, {"a": 1}]], "rid": name}
+        msg = {"op": "log", "run_no": run_no, "rows": [[7, {"a": 1}]], "rid": name}
         s.sendall(protocol.encode({**msg, **fields}))
     replies = {r["rid"]: r for r in read_replies(s, len(bad))}
     assert set(replies) == set(bad)
@@ -407,11 +407,11 @@ def test_bad_requests_get_typed_errors_and_store_nothing(daemon: Daemon) -> None
     assert all(c == "bad_request" for n, c in codes.items() if n not in special)
     seq = 9
     # The connection still works after refusals.
-    s.sendall(protocol.encode({"op": "log", "run": run_no, "seq": seq, "rows": [[8, {"a": 8}]]}))
-    assert read_replies(s, 1)[0] == {"op": "ack", "run": run_no, "seq": seq}
+    s.sendall(protocol.encode({"op": "log", "run_no": run_no, "seq": seq, "rows": [[8, {"a": 8}]]}))
+    assert read_replies(s, 1)[0] == {"op": "ack", "run_no": run_no, "seq": seq}
     # A resent batch is acknowledged and not applied twice.
-    s.sendall(protocol.encode({"op": "log", "run": run_no, "seq": seq, "rows": [[9, {"a": 9}]]}))
-    assert read_replies(s, 1)[0] == {"op": "ack", "run": run_no, "seq": seq}
+    s.sendall(protocol.encode({"op": "log", "run_no": run_no, "seq": seq, "rows": [[9, {"a": 9}]]}))
+    assert read_replies(s, 1)[0] == {"op": "ack", "run_no": run_no, "seq": seq}
     s.close()
     run.finish()
     rows = list(api(daemon).run(f"{P}/target").scan_history())
@@ -555,7 +555,7 @@ def test_packed_row_values_are_checked_then_stored_as_sent(daemon: Daemon) -> No
         "garbage": b"\xc1",
     }
     for seq, (name, blob) in enumerate(bad.items(), start=1):
-        msg = {"op": "log", "run": run._run_no, "seq": seq, "rid": name, "rows": [[5, blob]]}
+        msg = {"op": "log", "run_no": run._run_no, "seq": seq, "rid": name, "rows": [[5, blob]]}
         s.sendall(protocol.encode(msg))
     replies = {r["rid"]: r for r in read_replies(s, len(bad))}
     assert {n: r["code"] for n, r in replies.items()} == dict.fromkeys(bad, "bad_request")
@@ -589,7 +589,7 @@ def test_column_batches_with_bad_steps_are_refused_whole(daemon: Daemon) -> None
     for seq, (name, (steps, values, _)) in enumerate(bad.items(), start=1):
         msg = {
             "op": "log",
-            "run": run._run_no,
+            "run_no": run._run_no,
             "seq": seq,
             "rid": name,
             "steps": steps,

@@ -39,17 +39,19 @@ def test_limits_refuse_a_batch_whole_with_a_typed_error(short_tmp: Path) -> None
     d = _daemon(short_tmp, "--max-keys-per-row", "3", "--max-value-len", "10")
     try:
         s = greeted(d, "lim")
-        run_no = _ask(s, {"op": "init", "project": "p", "id": "r", "rid": 1})["result"]["run"]
+        run_no = _ask(s, {"op": "init", "project": "p", "id": "r", "rid": 1})["result"]["run_no"]
         wide = {"a": 1, "b": 2, "c": 3, "d": 4, "_timestamp": 1.0, "_runtime": 0.0}
-        reply = _ask(s, {"op": "log", "run": run_no, "seq": 1, "rows": [[0, {"a": 1}], [1, wide]]})
+        reply = _ask(
+            s, {"op": "log", "run_no": run_no, "seq": 1, "rows": [[0, {"a": 1}], [1, wide]]}
+        )
         assert reply["op"] == "error" and reply["code"] == "bad_request"
         assert "row 1 has 6 keys" in reply["message"] and "at most 3" in reply["message"]
         long = {"note": "x" * 11}
-        reply = _ask(s, {"op": "log", "run": run_no, "seq": 2, "rows": [[0, long]]})
+        reply = _ask(s, {"op": "log", "run_no": run_no, "seq": 2, "rows": [[0, long]]})
         assert reply["op"] == "error" and "'note' is 11 characters" in reply["message"]
         # Within the limits (reserved keys do not count): stored; nothing of the refused.
         ok = {"a": 1, "b": 2, "c": "x" * 10, "_timestamp": 1.0, "_runtime": 0.0}
-        assert _ask(s, {"op": "log", "run": run_no, "seq": 3, "rows": [[0, ok]]})["op"] == "ack"
+        assert _ask(s, {"op": "log", "run_no": run_no, "seq": 3, "rows": [[0, ok]]})["op"] == "ack"
         s.close()
         api = stepline.Api(socket=str(d.socket))
         assert [r["_step"] for r in api.run("p/r").scan_history()] == [0]

@@ -57,10 +57,10 @@ def test_metrics_count_rows_batches_commits_and_errors(daemon: Daemon) -> None:
     # A refused batch: a step that goes backwards, sent raw.
     s = greeted(daemon, "raw-ops")
     s.sendall(protocol.encode({"op": "init", "project": "ops", "id": "bad", "rid": 1}))
-    run_no = read_replies(s, 1)[0]["result"]["run"]
+    run_no = read_replies(s, 1)[0]["result"]["run_no"]
     s.sendall(
         protocol.encode(
-            {"op": "log", "run": run_no, "seq": 1, "rows": [[5, {"x": 1}], [4, {"x": 2}]]}
+            {"op": "log", "run_no": run_no, "seq": 1, "rows": [[5, {"x": 1}], [4, {"x": 2}]]}
         )
     )
     reply = read_replies(s, 1)[0]

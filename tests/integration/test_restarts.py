@@ -226,11 +226,11 @@ def _setup_reads(ctx: Ctx) -> None:
     for i in range(50):
         run.log({"i": i})
     run.finish(timeout=T)
-    ctx.kept["run"] = ctx.api.run(f"{P}/read")  # the Api's connection, now idle
+    ctx.kept["run_no"] = ctx.api.run(f"{P}/read")  # the Api's connection, now idle
 
 
 def _read_run(ctx: Ctx) -> stepline.ApiRun:
-    r: stepline.ApiRun = ctx.kept["run"]
+    r: stepline.ApiRun = ctx.kept["run_no"]
     return r
 
 

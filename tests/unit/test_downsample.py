@@ -105,13 +105,13 @@ def test_strided_downsample_keeps_first_last_and_only_matching_rows(
         try:
             with store.env.begin(write=True) as txn:
                 parent = store.init_run(txn, {"project": "p", "id": "a"}, "c")
-                store.append(txn, parent["run"], rows, "c", 1)
+                store.append(txn, parent["run_no"], rows, "c", 1)
             at = min(fork_at, rows[-1][0])
             with store.env.begin(write=True) as txn:
                 child = store.init_run(
                     txn, {"project": "p", "id": "b", "fork_from": ["a", at]}, "c"
                 )
-                store.append(txn, child["run"], [(at + 1 + s, r) for s, r in rows[:20]], "c", 1)
+                store.append(txn, child["run_no"], [(at + 1 + s, r) for s, r in rows[:20]], "c", 1)
             view = [(s, r) for s, r in rows if s <= at] + [(at + 1 + s, r) for s, r in rows[:20]]
             want = [
                 {"_step": s, **{k: r[k] for k in keys if k in r}}

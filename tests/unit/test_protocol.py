@@ -47,14 +47,14 @@ MESSAGES: dict[str, Message] = {
     "init_minimal": {"op": "init", "rid": 1, "project": "p"},
     "log": {
         "op": "log",
-        "run": 3,
+        "run_no": 3,
         "seq": 41,
         "rows": [[0, {"loss": 1.5, "acc": 0.25}], [1, {"loss": NAN, "ok": True, "tag": None}]],
     },
-    "config": {"op": "config", "run": 3, "seq": 42, "config": {"batch": 32, "name": "x"}},
-    "summary": {"op": "summary", "run": 3, "seq": 43, "summary": {"best": 0.9, "inf": -INF}},
-    "metric": {"op": "metric", "run": 3, "seq": 44, "name": "loss", "summary": "min"},
-    "finish": {"op": "finish", "run": 3, "seq": 45, "exit_code": 0},
+    "config": {"op": "config", "run_no": 3, "seq": 42, "config": {"batch": 32, "name": "x"}},
+    "summary": {"op": "summary", "run_no": 3, "seq": 43, "summary": {"best": 0.9, "inf": -INF}},
+    "metric": {"op": "metric", "run_no": 3, "seq": 44, "name": "loss", "summary": "min"},
+    "finish": {"op": "finish", "run_no": 3, "seq": 45, "exit_code": 0},
     "runs": {"op": "runs", "rid": 8, "project": "proj"},
     "info": {"op": "info", "rid": 9, "project": "proj", "id": "run-1"},
     "scan": {
@@ -89,14 +89,14 @@ MESSAGES: dict[str, Message] = {
         "include_parent": True,
     },
     "welcome": {"op": "welcome", "version": 1, "server": "stepline 0.1.0"},
-    "ok": {"op": "ok", "rid": 7, "result": {"run": 3, "id": "run-1", "start_step": 11}},
-    "ack": {"op": "ack", "run": 3, "seq": 41},
+    "ok": {"op": "ok", "rid": 7, "result": {"run_no": 3, "id": "run-1", "start_step": 11}},
+    "ack": {"op": "ack", "run_no": 3, "seq": 41},
     "error": {
         "op": "error",
         "code": "step_order",
         "message": "step 3 does not follow step 5",
         "rid": None,
-        "run": 3,
+        "run_no": 3,
         "seq": 41,
     },
     "error_minimal": {"op": "error", "code": "bad_frame", "message": "nope"},
@@ -232,7 +232,7 @@ def test_all_frames_concatenated_fed_byte_by_byte() -> None:
 
 
 def test_next_message_one_at_a_time_from_a_burst() -> None:
-    msgs = [{"op": "ack", "run": 1, "seq": i} for i in range(50)]
+    msgs = [{"op": "ack", "run_no": 1, "seq": i} for i in range(50)]
     dec = Decoder()
     dec.feed(b"".join(encode(m) for m in msgs))
     for m in msgs:
@@ -264,9 +264,9 @@ def test_encode_log_array_header_boundaries(n: int) -> None:
     dec.feed(frame)
     got = dec.messages()
     assert len(got) == 1
-    want = {"op": "log", "run": 5, "seq": 99, "rows": [[s, v] for s, v in rows]}
+    want = {"op": "log", "run_no": 5, "seq": 99, "rows": [[s, v] for s, v in rows]}
     assert norm(got[0]) == want
-    assert list(got[0]) == ["op", "run", "seq", "steps", "values"]
+    assert list(got[0]) == ["op", "run_no", "seq", "steps", "values"]
     assert dec.buffered == 0
     # Independent of Decoder: the payload is exactly one msgpack value.
     assert norm(msgpack.unpackb(frame[HEADER_SIZE:], raw=False)) == want
@@ -278,7 +278,7 @@ def test_encode_log_matches_encode_byte_for_byte() -> None:
     plain = encode(
         {
             "op": "log",
-            "run": 2,
+            "run_no": 2,
             "seq": 3,
             "steps": [s for s, _ in rows],
             "values": [msgpack.packb(v) for _, v in rows],
@@ -291,7 +291,7 @@ def test_encode_log_with_big_run_and_seq() -> None:
     run, seq = 2**64 - 1, 2**63
     frame = log_frame(run, seq, [(2**63 - 1, {"v": -(2**63)})])
     assert [norm(m) for m in drain_bytewise(frame)] == [
-        {"op": "log", "run": run, "seq": seq, "rows": [[2**63 - 1, {"v": -(2**63)}]]}
+        {"op": "log", "run_no": run, "seq": seq, "rows": [[2**63 - 1, {"v": -(2**63)}]]}
     ]
 
 
@@ -300,7 +300,7 @@ def test_encode_log_fed_byte_by_byte_with_next_frame() -> None:
     frame = log_frame(1, 2, rows)
     got = [norm(m) for m in drain_bytewise(frame + encode(MESSAGES["ack"]))]
     assert got == [
-        {"op": "log", "run": 1, "seq": 2, "rows": [[s, v] for s, v in rows]},
+        {"op": "log", "run_no": 1, "seq": 2, "rows": [[s, v] for s, v in rows]},
         MESSAGES["ack"],
     ]
 
@@ -317,7 +317,7 @@ def test_encode_log_over_maximum_raises() -> None:
 @pytest.mark.parametrize("value", [NAN, INF, -INF, -0.0, 5e-324, 1.7976931348623157e308])
 def test_special_floats_round_trip_exactly(value: float) -> None:
     bits = struct.pack(">d", value)
-    msg = {"op": "summary", "run": 1, "seq": 1, "summary": {"v": value, "l": [value]}}
+    msg = {"op": "summary", "run_no": 1, "seq": 1, "summary": {"v": value, "l": [value]}}
     (got,) = drain_bytewise(encode(msg))
     for v in (got["summary"]["v"], got["summary"]["l"][0]):
         assert type(v) is float
@@ -327,7 +327,7 @@ def test_special_floats_round_trip_exactly(value: float) -> None:
 
 
 def test_nan_and_infinities_keep_their_meaning() -> None:
-    msg = {"op": "log", "run": 1, "seq": 1, "rows": [[0, {"n": NAN, "p": INF, "m": -INF}]]}
+    msg = {"op": "log", "run_no": 1, "seq": 1, "rows": [[0, {"n": NAN, "p": INF, "m": -INF}]]}
     (got,) = drain_bytewise(encode(msg))
     vals = got["rows"][0][1]
     assert math.isnan(vals["n"])
@@ -385,9 +385,9 @@ def test_small_max_frame_size_boundary() -> None:
 
 def test_oversized_frame_after_good_frames() -> None:
     dec = Decoder(max_frame_size=64)
-    good = encode({"op": "ack", "run": 1, "seq": 1})
+    good = encode({"op": "ack", "run_no": 1, "seq": 1})
     dec.feed(good + _header(65) + b"\x00" * 10)
-    assert dec.next_message() == {"op": "ack", "run": 1, "seq": 1}
+    assert dec.next_message() == {"op": "ack", "run_no": 1, "seq": 1}
     with pytest.raises(ProtocolError) as ei:
         dec.next_message()
     assert ei.value.code == "frame_too_large"
@@ -453,7 +453,7 @@ def test_a_broken_decoder_keeps_no_cycle_alive(bad: str) -> None:
 
 def test_encode_over_maximum_raises() -> None:
     with pytest.raises(ProtocolError) as ei:
-        encode({"op": "config", "run": 1, "seq": 1, "config": {"blob": "a" * MAX_FRAME_SIZE}})
+        encode({"op": "config", "run_no": 1, "seq": 1, "config": {"blob": "a" * MAX_FRAME_SIZE}})
     assert ei.value.code == "frame_too_large"
 
 
@@ -489,7 +489,7 @@ BAD_PAYLOADS = {
     "not_a_map_list": msgpack.packb(["op", "log"]),
     "not_a_map_str": msgpack.packb("op"),
     "not_a_map_nil": msgpack.packb(None),
-    "map_without_op": msgpack.packb({"run": 1, "seq": 2}),
+    "map_without_op": msgpack.packb({"run_no": 1, "seq": 2}),
     "empty_map": msgpack.packb({}),
     "op_is_int": msgpack.packb({"op": 1}),
     "op_is_nil": msgpack.packb({"op": None}),
@@ -515,7 +515,7 @@ def test_malformed_frame_is_bad_frame(name: str) -> None:
 
 @pytest.mark.parametrize("name", sorted(BAD_PAYLOADS))
 def test_malformed_frame_byte_by_byte_after_a_good_one(name: str) -> None:
-    data = encode({"op": "ack", "run": 1, "seq": 1}) + _frame(BAD_PAYLOADS[name])
+    data = encode({"op": "ack", "run_no": 1, "seq": 1}) + _frame(BAD_PAYLOADS[name])
     dec = Decoder()
     got: list[Message] = []
     with pytest.raises(ProtocolError) as ei:
@@ -523,7 +523,7 @@ def test_malformed_frame_byte_by_byte_after_a_good_one(name: str) -> None:
             dec.feed(data[i : i + 1])
             got.extend(dec.messages())
     assert ei.value.code == "bad_frame"
-    assert got == [{"op": "ack", "run": 1, "seq": 1}]
+    assert got == [{"op": "ack", "run_no": 1, "seq": 1}]
     assert i == len(data) - 1, "the bad frame must be judged only once complete"
 
 
@@ -582,7 +582,7 @@ def test_random_messages_random_chunks(msgs: list[Message], data: st.DataObject)
 def test_encode_log_property(rows: list[tuple[int, dict[str, Any]]], run: int, seq: int) -> None:
     frame = log_frame(run, seq, rows)
     (got,) = drain_bytewise(frame)
-    want = {"op": "log", "run": run, "seq": seq, "rows": [[s, v] for s, v in rows]}
+    want = {"op": "log", "run_no": run, "seq": seq, "rows": [[s, v] for s, v in rows]}
     assert same(norm(got), want)
 
 

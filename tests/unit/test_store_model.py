@@ -259,8 +259,8 @@ class StoreMachine(RuleBasedStateMachine):
         reply = self.init({"project": P, "id": run_id}, client)
         assert reply["id"] == run_id
         assert reply["start_step"] == 0
-        assert all(reply["run"] != t.run_no for t in self.timelines)
-        self.add(Timeline(run_id, reply["run"], [], -1, -1, None, client))
+        assert all(reply["run_no"] != t.run_no for t in self.timelines)
+        self.add(Timeline(run_id, reply["run_no"], [], -1, -1, None, client))
 
     @precondition(lambda self: self.live)
     @rule(data=st.data(), mode=st.sampled_from(["allow", "must"]), client=CLIENTS)
@@ -268,7 +268,7 @@ class StoreMachine(RuleBasedStateMachine):
         """Continue an existing run (running, finished, failed or crashed) at last + 1."""
         tl = self.pick(data, list(self.live.values()), "run")
         reply = self.init({"project": P, "id": tl.run_id, "resume": mode}, client)
-        assert reply["run"] == tl.run_no
+        assert reply["run_no"] == tl.run_no
         assert reply["start_step"] == tl.last_step + 1
         tl.state = "running"
         tl.client = client
@@ -326,7 +326,7 @@ class StoreMachine(RuleBasedStateMachine):
                 RunNotWritable, lambda txn: self.store.append(txn, tl.run_no, rows, client, seq)
             )
         else:
-            msg = {"run": tl.run_no, "exit_code": 0}
+            msg = {"run_no": tl.run_no, "exit_code": 0}
             self.refused(
                 RunNotWritable,
                 lambda txn: self.store.update_run(txn, "finish", msg, client, seq),
@@ -337,7 +337,7 @@ class StoreMachine(RuleBasedStateMachine):
     def finish(self, data: st.DataObject, exit_code: int, client: str) -> None:
         tl = self.pick(data, self.writable(), "run")
         seq = self.next_seq(client, tl.run_no)
-        msg = {"run": tl.run_no, "exit_code": exit_code}
+        msg = {"run_no": tl.run_no, "exit_code": exit_code}
         self.write(lambda txn: self.store.update_run(txn, "finish", msg, client, seq))
         tl.state = "finished" if exit_code == 0 else "failed"
 
@@ -362,9 +362,9 @@ class StoreMachine(RuleBasedStateMachine):
         reply = self.init(req, client)
         assert reply["id"] == child_id
         assert reply["start_step"] == n + 1
-        assert all(reply["run"] != t.run_no for t in self.timelines)
+        assert all(reply["run_no"] != t.run_no for t in self.timelines)
         rows = [dict(r) for r in parent.rows if r["_step"] <= n]
-        self.add(Timeline(child_id, reply["run"], rows, n, n, (parent, n), client))
+        self.add(Timeline(child_id, reply["run_no"], rows, n, n, (parent, n), client))
 
     @rule(
         data=st.data(),
@@ -455,9 +455,9 @@ class StoreMachine(RuleBasedStateMachine):
         reply = self.init({"project": P, "id": old.run_id, "resume_from": [old.run_id, n]}, client)
         assert reply["id"] == old.run_id
         assert reply["start_step"] == n + 1
-        assert all(reply["run"] != t.run_no for t in self.timelines)
+        assert all(reply["run_no"] != t.run_no for t in self.timelines)
         rows = [dict(r) for r in old.rows if r["_step"] <= n]
-        new = Timeline(old.run_id, reply["run"], rows, n, n, (old, n), client)
+        new = Timeline(old.run_id, reply["run_no"], rows, n, n, (old, n), client)
         old.state = "archived"
         old.archived_by = new
         self.add(new)
@@ -651,7 +651,7 @@ def test_int_sums_beyond_64_bits(tmp_path: Path) -> None:
     store = Store(tmp_path / "data", map_size=64 * 1024 * 1024)
     try:
         with store.env.begin(write=True) as txn:
-            run = store.init_run(txn, {"project": P, "id": "big"}, client="c1")["run"]
+            run = store.init_run(txn, {"project": P, "id": "big"}, client="c1")["run_no"]
         batches = [
             [(0, {"n": 2**64 - 1, "m": -(2**63)})],
             [(1, {"n": 1, "m": -1})],

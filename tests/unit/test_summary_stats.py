@@ -61,7 +61,7 @@ def test_view_stats_match_a_fold(
                 batch = [(start + j, r) for j, r in enumerate(rows)]
                 if batch:
                     with store.env.begin(write=True) as txn:
-                        store.append(txn, info["run"], batch, "c", 1)
+                        store.append(txn, info["run_no"], batch, "c", 1)
                 view += batch
                 prev = f"r{i}"
                 with store.env.begin() as txn:

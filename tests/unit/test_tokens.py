@@ -56,10 +56,10 @@ def test_a_run_deleted_since_is_made_again(store: Store) -> None:
     # An offline file synced, its run deleted, the file synced again: a new run.
     first = _init(store, {"token": "tok", "id": "a"})
     with store.env.begin(write=True) as txn:
-        store.update_run(txn, "finish", {"run": first["run"], "exit_code": 0}, "c", 1)
+        store.update_run(txn, "finish", {"run_no": first["run_no"], "exit_code": 0}, "c", 1)
         store.delete_run(txn, {"project": "p", "id": "a"})
     again = _init(store, {"token": "tok", "id": "a"})
-    assert again["id"] == "a" and again["run"] != first["run"]
+    assert again["id"] == "a" and again["run_no"] != first["run_no"]
     assert _init(store, {"token": "tok", "id": "a"}) == again  # and kept, from now
 
 
