@@ -5,6 +5,8 @@ from __future__ import annotations
 import socket
 from typing import Any
 
+import msgpack
+
 from stepline import protocol
 from tests.conftest import Daemon
 
@@ -34,3 +36,20 @@ def read_replies(s: socket.socket, n: int) -> list[dict[str, Any]]:
         dec.feed(data)
         out.extend(dec.messages())
     return out
+
+
+def log_rows(msg: dict[str, Any]) -> list[list[Any]]:
+    """The ``[step, values]`` rows of a decoded ``log`` message, values decoded."""
+    if "steps" in msg:
+        return [
+            [step, msgpack.unpackb(v, raw=False, strict_map_key=False)]
+            for step, v in zip(msg["steps"], msg["values"], strict=True)
+        ]
+    return [decode_row(r) for r in msg["rows"]]
+
+
+def decode_row(row: Any) -> Any:
+    """``[step, values]`` with the values map decoded if it came as bytes."""
+    if isinstance(row, list) and len(row) == 2 and isinstance(row[1], bytes):
+        return [row[0], msgpack.unpackb(row[1], raw=False, strict_map_key=False)]
+    return row

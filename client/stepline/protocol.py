@@ -5,21 +5,35 @@ map has an ``op`` key naming the message. The same module is used by the client
 and the daemon, so neither side can drift from the other; tests feed it bytes one
 at a time, which is where framing bugs hide.
 
-Messages (client -> daemon):
+Messages (client -> daemon); the daemon's op table (``stepline_daemon.ops``)
+is the list it serves:
     hello    {client, version}
-    init     {rid, token?, project, id?, name?, config?, fork_from?, resume_from?, resume?}
-    log      {run, seq, steps: [step, ...], values: [<packed {key: value}>, ...]}
-             (or, from raw clients, rows: [[step, {key: value} or its bytes], ...])
-    config   {run, seq, config}            merged into the run's config
-    summary  {run, seq, summary}           explicit summary values (they win)
-    metric   {run, seq, name, summary}     define_metric
-    finish   {run, seq, exit_code}
-    runs     {rid, project}
-    info     {rid, project, id}
-    scan     {rid, project, id, keys?, min_step, max_step?, limit, include_parent}
-    history  {rid, project, id, keys?, min_step?, max_step?, samples, include_parent}
+    status   {rid}
+  writes, committed in order and synced before their reply:
+    init     {rid, token?, project, id?, name?, tags?, config?, fork_from?,
+              resume_from?, resume?}
     delete   {rid, token?, project, id, purge?, force?}
     purge    {rid, token?}
+  batches, each with the run's number and the client's next seq for it:
+    log      {run_no, seq, steps: [step, ...], values: [<packed {key: value}>, ...]}
+             (or, from raw clients, rows: [[step, {key: value} or its bytes], ...])
+    config   {run_no, seq, config}          merged into the run's config
+    summary  {run_no, seq, summary}         explicit summary values (they win)
+    metric   {run_no, seq, name, summary}   define_metric
+    finish   {run_no, seq, exit_code, dropped?}
+  reads; a run is named by {project, id}, or a timeline by {project, run_no}:
+    projects      {rid}                     each project: name, runs, updated
+    runs          {rid, project}            each run id's current timeline
+    project_runs  {rid, project}            the same; an unknown project is an error
+    tree          {rid, project}            every timeline, with parent pointers
+    info          {rid, run, full?}         one timeline; full adds config and lineage
+    state         {rid, run}                what a live view polls
+    keys          {rid, run, include_parent?}
+    scan, page    {rid, run, keys?, match?, min_step?, max_step?, limit?,
+                   include_parent?, stream?} exact rows, a page at a time
+    history       {rid, run, keys?, match?, min_step?, max_step?, samples?,
+                   include_parent?}         a downsample, first and last rows kept
+  admin:
     backup   {rid, token?, dest}
 
 ``token`` makes a request that changes something safe to resend: the client
@@ -33,8 +47,8 @@ the same.
 Messages (daemon -> client):
     welcome  {version, server}
     ok       {rid, result}
-    ack      {run, seq}                    the batch is committed and synced
-    error    {code, message, rid?, run?, seq?}
+    ack      {run_no, seq}                 the batch is committed and synced
+    error    {code, message, rid?, run_no?, seq?}
 """
 
 from __future__ import annotations
@@ -54,8 +68,8 @@ PROTOCOL_VERSION = 1
 # keeping one hostile length prefix from making a peer allocate gigabytes.
 MAX_FRAME_SIZE = 16 * 1024 * 1024
 
-_HEADER = struct.Struct(">I")
-HEADER_SIZE = _HEADER.size
+HEADER = struct.Struct(">I")
+HEADER_SIZE = HEADER.size
 
 Message = dict[str, Any]
 
@@ -88,42 +102,7 @@ def encode(msg: Message) -> bytes:
         raise ProtocolError(
             "frame_too_large", f"frame of {len(payload)} bytes exceeds {MAX_FRAME_SIZE}"
         )
-    return _HEADER.pack(len(payload)) + payload
-
-
-def _header(n: int, fix: int, wide: bytes) -> bytes:
-    """A msgpack array (``fix`` 0x90) or map (0x80) header for ``n`` items;
-    ``wide`` holds the 16- and 32-bit type bytes."""
-    if n < 16:
-        return bytes((fix | n,))
-    if n < 1 << 16:
-        return wide[:1] + n.to_bytes(2, "big")
-    return wide[1:] + n.to_bytes(4, "big")
-
-
-def _array_header(n: int) -> bytes:
-    return _header(n, 0x90, b"\xdc\xdd")
-
-
-def _map_header(n: int) -> bytes:
-    return _header(n, 0x80, b"\xde\xdf")
-
-
-def log_rows(msg: Message) -> list[list[Any]]:
-    """The ``[step, values]`` rows of a decoded ``log`` message, values decoded."""
-    if "steps" in msg:
-        return [
-            [step, msgpack.unpackb(v, raw=False, strict_map_key=False)]
-            for step, v in zip(msg["steps"], msg["values"], strict=True)
-        ]
-    return [decode_row(r) for r in msg["rows"]]
-
-
-def decode_row(row: Any) -> Any:
-    """``[step, values]`` with the values map decoded if it came as bytes."""
-    if isinstance(row, list) and len(row) == 2 and isinstance(row[1], bytes):
-        return [row[0], msgpack.unpackb(row[1], raw=False, strict_map_key=False)]
-    return row
+    return HEADER.pack(len(payload)) + payload
 
 
 def encode_log(run: int, seq: int, steps: list[int], values: list[bytes]) -> bytes:
@@ -134,61 +113,6 @@ def encode_log(run: int, seq: int, steps: list[int], values: list[bytes]) -> byt
     the GIL only briefly, and the daemon checks all steps in a few C passes.
     """
     return encode({"op": "log", "run_no": run, "seq": seq, "steps": steps, "values": values})
-
-
-def _uint(n: int) -> bytes:
-    if n < 0x80:
-        return bytes((n,))
-    if n < 1 << 8:
-        return b"\xcc" + bytes((n,))
-    if n < 1 << 16:
-        return b"\xcd" + n.to_bytes(2, "big")
-    if n < 1 << 32:
-        return b"\xce" + n.to_bytes(4, "big")
-    return b"\xcf" + n.to_bytes(8, "big")
-
-
-_STEP_KEY = b"\xa5_step"
-
-
-def step_row_parts(step: int, packed_map: bytes) -> tuple[bytes, bytes, bytes, memoryview]:
-    """A stored row (a packed map) as the parts of that map with ``_step`` first.
-
-    Lets the daemon answer a scan without decoding and re-encoding every row.
-    """
-    b0 = packed_map[0]
-    if b0 & 0xF0 == 0x80:
-        n, skip = b0 & 0x0F, 1
-    elif b0 == 0xDE:
-        n, skip = int.from_bytes(packed_map[1:3], "big"), 3
-    elif b0 == 0xDF:
-        n, skip = int.from_bytes(packed_map[1:5], "big"), 5
-    else:
-        raise ValueError("a stored row is not a msgpack map")
-    return _map_header(n + 1), _STEP_KEY, _uint(step), memoryview(packed_map)[skip:]
-
-
-def encode_rows_result(rid: Any, row_parts: list[Any], count: int, next_step: int | None) -> bytes:
-    """``{"op": "ok", "rid": rid, "result": {"rows": [...], "next": next_step}}``
-    from rows already encoded (see :func:`step_row_parts`)."""
-    head: bytes = msgpack.packb({"op": "ok", "rid": rid}, use_bin_type=True)
-    tail: bytes = msgpack.packb(next_step)
-    payload = b"".join(
-        [
-            bytes((head[0] + 1,)),
-            head[1:],
-            b"\xa6result\x82\xa4rows",
-            _array_header(count),
-            *row_parts,
-            b"\xa4next",
-            tail,
-        ]
-    )
-    if len(payload) > MAX_FRAME_SIZE:
-        raise ProtocolError(
-            "frame_too_large", f"reply of {len(payload)} bytes exceeds {MAX_FRAME_SIZE}"
-        )
-    return _HEADER.pack(len(payload)) + payload
 
 
 class Decoder:
@@ -225,7 +149,7 @@ class Decoder:
         if avail < HEADER_SIZE:
             self._compact()
             return None
-        (length,) = _HEADER.unpack_from(self._buf, self._pos)
+        (length,) = HEADER.unpack_from(self._buf, self._pos)
         if length > self._max:
             # Refused from the header alone: nothing of it is buffered or awaited.
             self._break(

@@ -3,15 +3,15 @@
 ``flatten`` turns what a user passes to ``log()`` into a flat ``{str: scalar}``
 map or raises at once; :class:`StepTracker` decides, call by call, which rows
 are committed at which step, exactly as W&B does, and hands committed rows to a
-sink. The daemon uses :func:`check_row` to validate what arrives on the wire.
+sink. The daemon checks what arrives on the wire against the same limits
+(``stepline_daemon.batches``).
 """
 
 from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from operator import itemgetter
+from collections.abc import Callable, Mapping
 from typing import Any
 
 # One row larger than this is refused at the log() call. W&B's own history rows
@@ -120,104 +120,6 @@ def _flatten(data: Mapping[Any, Any], prefix: str, out: Row) -> None:
         if len(name) > MAX_KEY_LEN:
             raise ValueError(f"log(): key {name[:40]!r}... is longer than {MAX_KEY_LEN} characters")
         out[name] = _scalar(name, value)
-
-
-def check_row(values: Any) -> str | None:
-    """Why a row received on the wire is not storable, or None if it is."""
-    if not isinstance(values, dict):
-        return f"row must be a map, got {type(values).__name__}"
-    if len(values) > MAX_KEYS_PER_ROW + len(RESERVED_KEYS):
-        return f"row has {len(values)} keys; the maximum is {MAX_KEYS_PER_ROW}"
-    for key, value in values.items():
-        if type(key) is not str:
-            return f"row key {key!r} is {type(key).__name__}, not str"
-        if len(key) > MAX_KEY_LEN or not key:
-            return f"row key {key[:40]!r} is empty or longer than {MAX_KEY_LEN} characters"
-        t = type(value)
-        if not (t is float or t is int or t is str or t is bool or value is None):
-            return f"value for {key!r} has type {t.__name__}"
-    return None
-
-
-def column_chunks(
-    rows: Sequence[Mapping[str, Any]],
-) -> Iterator[tuple[int, list[str], Iterable[Sequence[Any]]]]:
-    """Split rows into runs with the same keys; yield (start index, keys, columns).
-
-    Consecutive rows of a training run almost always share their keys, so work
-    that would be a Python step per value becomes a few C-level passes per column.
-    """
-    i, n = 0, len(rows)
-    if n > 1 and len(rows[0]) > 1:
-        # The usual case, checked in C: every row has the first row's keys and no
-        # other (same length, and the getter finds them all).
-        names = list(rows[0])
-        if len(set(map(len, rows))) == 1:
-            try:
-                tuples = list(map(itemgetter(*names), rows))
-            except (KeyError, TypeError):
-                pass
-            else:
-                yield 0, names, zip(*tuples, strict=True)
-                return
-    while i < n:
-        keys = rows[i].keys()
-        j = i + 1
-        while j < n and rows[j].keys() == keys:
-            j += 1
-        names = list(keys)
-        chunk = rows[i:j]
-        if len(names) == 1:
-            yield i, names, ([r[names[0]] for r in chunk],)
-        elif names:
-            yield i, names, zip(*map(itemgetter(*names), chunk), strict=True)
-        i = j
-
-
-# (start index, keys, one tuple of values per key) for each run of same-keyed rows.
-Chunks = list[tuple[int, list[str], list[Sequence[Any]]]]
-
-
-def chunks_of(rows: Sequence[Mapping[str, Any]]) -> Chunks:
-    """``column_chunks`` materialised, to be checked once and folded once."""
-    return [(start, names, list(cols)) for start, names, cols in column_chunks(rows)]
-
-
-_SCALARS = frozenset({float, int, str, bool, type(None)})
-
-
-def check_rows(rows: Sequence[Any], chunks: Chunks | None = None) -> tuple[int, str] | None:
-    """``check_row`` over many decoded rows: (index, reason) of the first bad one.
-
-    Checks each run of same-keyed rows column by column (``chunks``, if the
-    caller already has them); only when that finds a problem does it go row by
-    row, to name the first bad row exactly.
-    """
-    if not all(type(r) is dict for r in rows):
-        return _first_bad(rows, 0)
-    for start, names, columns in chunks if chunks is not None else column_chunks(rows):
-        ok = len(names) <= MAX_KEYS_PER_ROW + len(RESERVED_KEYS) and all(
-            type(k) is str and 0 < len(k) <= MAX_KEY_LEN for k in names
-        )
-        if ok:
-            ok = all(_SCALARS.issuperset(map(type, col)) for col in columns)
-        if not ok:
-            return _first_bad(rows, start)
-    return None
-
-
-def _first_bad(rows: Sequence[Any], start: int) -> tuple[int, str] | None:
-    for i in range(start, len(rows)):
-        why = check_row(rows[i])
-        if why:
-            return i, why
-    return None
-
-
-def check_step(step: Any) -> str | None:
-    if type(step) is not int or not 0 <= step <= STEP_MAX:
-        return f"step {step!r} is not an integer in [0, 2**63)"
-    return None
 
 
 Sink = Callable[[int, Row], None]

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import struct
 import sys
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -21,23 +20,23 @@ import msgpack
 
 from stepline import paths
 from stepline_daemon.states import State
-from stepline_daemon.store import (
-    _ID_RE,
-    _PROJECT_RE,
+from stepline_daemon.store import layout
+from stepline_daemon.store.layout import (
+    NAME_RE,
     SCHEMA_VERSION,
+    U64,
     TruncatedStore,
+    U64x2,
     check_not_truncated,
 )
 
-_U64 = struct.Struct(">Q")
-_U64x2 = struct.Struct(">QQ")
 _STATES = {s.value for s in State}
 
 
 def _open(data_dir: Path) -> lmdb.Environment:
     if not (data_dir / "data.mdb").is_file():
         raise FileNotFoundError(f"{data_dir} holds no stepline store (no data.mdb)")
-    env = lmdb.open(str(data_dir), readonly=True, lock=True, max_dbs=16, create=False)
+    env = lmdb.open(str(data_dir), readonly=True, lock=True, max_dbs=layout.MAX_DBS, create=False)
     check_not_truncated(env, data_dir)
     return env
 
@@ -58,26 +57,54 @@ def check(data_dir: Path, rows: bool = True) -> tuple[list[str], dict[str, int]]
         env.close()
 
 
+class _Snapshot:
+    """One read transaction over every database, and the records decoded so far."""
+
+    def __init__(self, env: lmdb.Environment, txn: lmdb.Transaction, counts: Counter[str]) -> None:
+        self.txn = txn
+        self.counts = counts
+        self.dbs = {
+            name: env.open_db(name.encode(), txn=txn, create=False)
+            for name in layout.DATABASES
+            if name not in layout.OPTIONAL_DATABASES
+        }
+        try:  # stores written before request tokens have no such database
+            self.tokens: Any = env.open_db(b"tokens", txn=txn, create=False)
+        except lmdb.NotFoundError:
+            self.tokens = None
+        self.records: dict[int, dict[str, Any]] = {}
+
+
 def _problems(
     env: lmdb.Environment, txn: lmdb.Transaction, decode_rows: bool, counts: Counter[str]
 ) -> Iterator[str]:
-    dbs = {name: env.open_db(name.encode(), txn=txn, create=False) for name in _DBS}
-    try:  # stores written before request tokens have no such database
-        tokens = env.open_db(b"tokens", txn=txn, create=False)
-    except lmdb.NotFoundError:
-        tokens = None
+    snap = _Snapshot(env, txn, counts)
+    next_no = yield from _meta(snap)
+    yield from _records(snap, next_no)
+    yield from _pointers(snap)
+    yield from _names(snap)
+    yield from _children(snap)
+    yield from _history(snap, decode_rows)
+    yield from _the_rest(snap)
+
+
+def _meta(snap: _Snapshot) -> Generator[str, None, int]:
+    txn, dbs = snap.txn, snap.dbs
     meta = dict(txn.cursor(db=dbs["meta"]))
     schema = meta.get(b"schema")
-    if schema is None or _U64.unpack(schema)[0] != SCHEMA_VERSION:
+    if schema is None or U64.unpack(schema)[0] != SCHEMA_VERSION:
         yield f"meta: schema is {schema!r}, expected {SCHEMA_VERSION}"
-    next_no = _U64.unpack(meta[b"next_run_no"])[0] if b"next_run_no" in meta else 0
+    return U64.unpack(meta[b"next_run_no"])[0] if b"next_run_no" in meta else 0
 
-    records: dict[int, dict[str, Any]] = {}
+
+def _records(snap: _Snapshot, next_no: int) -> Iterator[str]:
+    txn, dbs, counts = snap.txn, snap.dbs, snap.counts
+    records = snap.records
     for key, value in txn.cursor(db=dbs["runs"]):
         if len(key) != 8:
             yield f"runs: key {bytes(key)!r} is not 8 bytes"
             continue
-        run_no = _U64.unpack(key)[0]
+        run_no = U64.unpack(key)[0]
         try:
             rec = msgpack.unpackb(value, raw=False)
         except Exception as exc:
@@ -92,12 +119,15 @@ def _problems(
             yield f"runs: record under key {run_no} says run_no {rec['run_no']}"
         if run_no >= next_no:
             yield f"runs: run_no {run_no} is not below meta next_run_no {next_no}"
-        if not _PROJECT_RE.match(str(rec["project"])) or not _ID_RE.match(str(rec["id"])):
+        if not NAME_RE.match(str(rec["project"])) or not NAME_RE.match(str(rec["id"])):
             yield f"runs: record {run_no} has a malformed project or id"
         if rec["state"] not in _STATES:
             yield f"runs: record {run_no} has unknown state {rec['state']!r}"
     counts["runs"] = len(records)
 
+
+def _pointers(snap: _Snapshot) -> Iterator[str]:
+    txn, dbs, records = snap.txn, snap.dbs, snap.records
     for run_no, rec in records.items():
         label = f"run {rec['project']}/{rec['id']} (timeline {run_no})"
         parent = rec["parent"]
@@ -109,7 +139,7 @@ def _problems(
             else:
                 if parent[1] > records[parent[0]]["last_step"]:
                     yield f"{label}: forks at step {parent[1]}, past its parent's last step"
-                if txn.get(_U64x2.pack(parent[0], run_no), db=dbs["children"]) is None:
+                if txn.get(U64x2.pack(parent[0], run_no), db=dbs["children"]) is None:
                     yield f"{label}: missing from its parent's children index"
         if rec["archived_by"] is not None and rec["archived_by"] not in records:
             yield f"{label}: archived by timeline {rec['archived_by']}, which does not exist"
@@ -122,12 +152,15 @@ def _problems(
             seen.add(hop[0])
             hop = records[hop[0]]["parent"]
 
+
+def _names(snap: _Snapshot) -> Iterator[str]:
+    txn, dbs, records, counts = snap.txn, snap.dbs, snap.records, snap.counts
     for key, value in txn.cursor(db=dbs["names"]):
         project, sep, run_id = bytes(key).partition(b"\0")
         if not sep or len(value) != 8:
             yield f"names: malformed entry {bytes(key)!r}"
             continue
-        run_no = _U64.unpack(value)[0]
+        run_no = U64.unpack(value)[0]
         rec = records.get(run_no)
         name = f"{project.decode(errors='replace')}/{run_id.decode(errors='replace')}"
         if rec is None:
@@ -138,24 +171,30 @@ def _problems(
             yield f"names: {name} points at timeline {run_no}, which is archived or deleted"
         counts["names"] += 1
 
+
+def _children(snap: _Snapshot) -> Iterator[str]:
+    txn, dbs, records = snap.txn, snap.dbs, snap.records
     for key, value in txn.cursor(db=dbs["children"]):
         if len(key) != 16 or len(value) != 8:
             yield f"children: malformed entry {bytes(key)!r}"
             continue
-        parent_no, child_no = _U64x2.unpack(key)
+        parent_no, child_no = U64x2.unpack(key)
         child = records.get(child_no)
         if child is None or parent_no not in records:
             yield f"children: {parent_no} -> {child_no} names a timeline that does not exist"
-        elif child["parent"] != [parent_no, _U64.unpack(value)[0]]:
+        elif child["parent"] != [parent_no, U64.unpack(value)[0]]:
             yield f"children: {parent_no} -> {child_no} disagrees with the child's parent"
 
+
+def _history(snap: _Snapshot, decode_rows: bool) -> Iterator[str]:
+    txn, dbs, records, counts = snap.txn, snap.dbs, snap.records, snap.counts
     own: Counter[int] = Counter()
     last: dict[int, int] = {}
     for key, value in cast(Iterator[tuple[bytes, bytes]], txn.cursor(db=dbs["history"])):
         if len(key) != 16:
             yield f"history: key {bytes(key)!r} is not 16 bytes"
             continue
-        run_no, step = _U64x2.unpack(key)
+        run_no, step = U64x2.unpack(key)
         if run_no not in records:
             yield f"history: rows of timeline {run_no}, which does not exist"
             continue
@@ -176,9 +215,12 @@ def _problems(
         if run_no in last and last[run_no] != rec["last_step"]:
             yield f"timeline {run_no}: last step {rec['last_step']}, its last row is at {last[run_no]}"
 
+
+def _the_rest(snap: _Snapshot) -> Iterator[str]:
+    txn, dbs, records, counts, tokens = snap.txn, snap.dbs, snap.records, snap.counts, snap.tokens
     for name in ("snaps",):
         for key in txn.cursor(db=dbs[name]).iternext(values=False):
-            if len(key) != 16 or _U64x2.unpack(key)[0] not in records:
+            if len(key) != 16 or U64x2.unpack(key)[0] not in records:
                 yield f"{name}: entry {bytes(key)!r} is malformed or names no timeline"
     for key, value in txn.cursor(db=dbs["seqs"]):
         if len(key) < 10 or key[-9:-8] != b"\0" or len(value) != 8:
@@ -200,7 +242,6 @@ def _problems(
             counts["tokens"] += 1
 
 
-_DBS = ("history", "runs", "names", "children", "seqs", "snaps", "meta")
 _TOKEN_OPS = frozenset({"init", "delete", "purge"})
 _FIELDS = frozenset(
     {"run_no", "project", "id", "state", "parent", "archived_by", "rows", "last_step"}

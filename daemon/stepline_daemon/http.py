@@ -23,8 +23,8 @@ from aiohttp import web
 
 from stepline.errors import DaemonError, Error, RequestError, RunNotFound
 from stepline_daemon import openapi, render
+from stepline_daemon.hub import Hub
 from stepline_daemon.render import dumps
-from stepline_daemon.server import Hub
 
 log = logging.getLogger("stepline.http")
 
@@ -163,6 +163,20 @@ def _run_msg(request: web.Request) -> dict[str, Any]:
 # ------------------------------------------------------------------ rendering
 
 
+def _stream_start(request: web.Request, state: dict[str, Any]) -> int:
+    """The last step a live stream's caller has: a reconnecting browser's
+    Last-Event-ID, else ``after``, else the run's last step."""
+    after = _int_param(request, "after", -1, 2**63 - 1)
+    # A reconnecting browser's Last-Event-ID is newer than the `after` its
+    # page was opened with: it wins.
+    last_id = request.headers.get("Last-Event-ID", "").strip()
+    if last_id:
+        if not last_id.isdigit() or int(last_id) >= 2**63:
+            raise RequestError(f"Last-Event-ID must be a step, got {last_id!r}")
+        after = int(last_id)
+    return state["last_step"] if after is None else after
+
+
 def _sse(event: str, data: bytes, event_id: int | None = None) -> bytes:
     head = f"event: {event}\n" + (f"id: {event_id}\n" if event_id is not None else "")
     return head.encode() + b"data: " + data + b"\n\n"
@@ -179,7 +193,7 @@ class Http:
         self._streams: set[asyncio.Task[Any]] = set()
 
     async def _read(self, op: str, msg: dict[str, Any], spec: render.Spec = ("json",)) -> Any:
-        return await self.hub.query(op, msg, spec)
+        return await self.hub.read(op, msg, spec)
 
     def app(self) -> web.Application:
         guards = (
@@ -321,16 +335,7 @@ class Http:
         msg = _run_msg(request)
         keys = _keys_param(request)
         state = await self._read("state", msg, None)
-        after = _int_param(request, "after", -1, 2**63 - 1)
-        # A reconnecting browser's Last-Event-ID is newer than the `after` its
-        # page was opened with: it wins.
-        last_id = request.headers.get("Last-Event-ID", "").strip()
-        if last_id:
-            if not last_id.isdigit() or int(last_id) >= 2**63:
-                raise RequestError(f"Last-Event-ID must be a step, got {last_id!r}")
-            after = int(last_id)
-        if after is None:
-            after = state["last_step"]
+        after = _stream_start(request, state)
         base = {"project": msg["project"], "run_no": state["run_no"], "match": "any"}
         if keys is not None:
             base["keys"] = keys
@@ -347,29 +352,7 @@ class Http:
         self._streams.add(task)
         try:
             await resp.write(_sse("state", dumps(state)))
-            with self.hub.watch(state["run_no"]) as changed:
-                while True:
-                    changed.clear()  # before reading: a commit during the read re-arms it
-                    page = {**base, "min_step": after + 1, "limit": CSV_PAGE_ROWS}
-                    result = await self._read("page", page, None)
-                    if result["rows"]:
-                        after = result["rows"][-1]["_step"]
-                        await resp.write(_sse("rows", dumps({"rows": result["rows"]}), after))
-                    if result["next"] is not None:
-                        after = result["next"] - 1
-                        continue
-                    now = await self._read("state", base, None)
-                    if now != state:
-                        state = now
-                        await resp.write(_sse("state", dumps(state)))
-                    try:
-                        await asyncio.wait_for(changed.wait(), KEEPALIVE)
-                    except TimeoutError:
-                        await resp.write(b": keepalive\n\n")
-                        continue
-                    # Under load a run commits every few ms: gather those commits
-                    # into one read, so live viewers cost ingest little.
-                    await asyncio.sleep(STREAM_COALESCE)
+            await self._follow(resp, base, state, after)
         except (ConnectionResetError, asyncio.CancelledError):
             pass  # the browser went away, or the daemon is stopping
         except Error as exc:  # the run went away (deleted): say so, in the stream
@@ -379,6 +362,35 @@ class Http:
         finally:
             self._streams.discard(task)
         return resp
+
+    async def _follow(
+        self, resp: web.StreamResponse, base: dict[str, Any], state: dict[str, Any], after: int
+    ) -> None:
+        """Send rows past ``after`` and state changes, as commits happen, until
+        the stream is cancelled."""
+        with self.hub.watch(state["run_no"]) as changed:
+            while True:
+                changed.clear()  # before reading: a commit during the read re-arms it
+                page = {**base, "min_step": after + 1, "limit": CSV_PAGE_ROWS}
+                result = await self._read("page", page, None)
+                if result["rows"]:
+                    after = result["rows"][-1]["_step"]
+                    await resp.write(_sse("rows", dumps({"rows": result["rows"]}), after))
+                if result["next"] is not None:
+                    after = result["next"] - 1
+                    continue
+                now = await self._read("state", base, None)
+                if now != state:
+                    state = now
+                    await resp.write(_sse("state", dumps(state)))
+                try:
+                    await asyncio.wait_for(changed.wait(), KEEPALIVE)
+                except TimeoutError:
+                    await resp.write(b": keepalive\n\n")
+                    continue
+                # Under load a run commits every few ms: gather those commits
+                # into one read, so live viewers cost ingest little.
+                await asyncio.sleep(STREAM_COALESCE)
 
     async def metrics(self, request: web.Request) -> web.Response:
         """Prometheus text format: counters from the writer, gauges from the hub."""

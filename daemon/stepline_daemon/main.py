@@ -27,11 +27,12 @@ from typing import IO, TYPE_CHECKING
 import uvloop
 
 from stepline_daemon import logs, sdnotify
+from stepline_daemon.connection import Connection
 from stepline_daemon.faults import CrashPoints
+from stepline_daemon.hub import Hub
 from stepline_daemon.process import INFO_FILE
-from stepline_daemon.server import Hub
 from stepline_daemon.settings import Settings
-from stepline_daemon.store import Store, TruncatedStore
+from stepline_daemon.store import Store, TruncatedStore, runs
 
 if TYPE_CHECKING:
     from stepline_daemon.http import Http
@@ -140,75 +141,93 @@ async def _heartbeat(hub: Hub, notifier: sdnotify.Notifier, watchdog: float | No
         notifier.notify(*fields)
 
 
+async def _listen(
+    settings: Settings, hub: Hub, listener: socket.socket | None
+) -> asyncio.AbstractServer:
+    loop = hub.loop
+
+    def connect() -> Connection:
+        return Connection(hub)
+
+    if listener is not None:  # socket activation: systemd made it and set its mode
+        return await loop.create_unix_server(connect, sock=listener)
+    server = await loop.create_unix_server(connect, path=str(settings.socket))
+    if settings.socket_group is not None:
+        os.chown(settings.socket, -1, grp.getgrnam(settings.socket_group).gr_gid)
+    os.chmod(settings.socket, settings.socket_mode)
+    return server
+
+
+class Daemon:
+    """One daemon's life: ``startup()``, ``main_loop()``, ``shutdown()``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        listener: socket.socket | None,
+        crash: CrashPoints | None,
+    ) -> None:
+        self.settings = settings
+        self.hub = Hub(settings, store, asyncio.get_running_loop(), crash)
+        self.listener = listener
+        self.notifier = sdnotify.Notifier(settings.notify_socket)
+        self.stop = asyncio.Event()
+        self.http: Http | None = None
+        self.server: asyncio.AbstractServer | None = None
+        self.info: Path | None = None
+        self.heartbeat: asyncio.Task[None] | None = None
+
+    async def startup(self) -> None:
+        settings, hub, loop = self.settings, self.hub, self.hub.loop
+        hub.writer.start()
+        self.http = await _start_http(settings, hub)
+        hub.http_url = self.http.url if self.http is not None else None
+        self.server = await _listen(settings, hub, self.listener)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop.set)
+        self.info = _write_info(settings, self.http)
+        url = hub.http_url or "off"
+        log.info(
+            "serving data dir %s on %s%s, HTTP %s (pid %d)",
+            settings.data_dir,
+            settings.socket,
+            " (socket-activated)" if self.listener is not None else "",
+            url,
+            os.getpid(),
+        )
+        print(f"stepline daemon: ready on {settings.socket}; dashboard {url}", flush=True)
+        self.notifier.notify("READY=1", f"MAINPID={os.getpid()}", _status(hub))
+        if self.notifier.enabled:
+            self.heartbeat = loop.create_task(_heartbeat(hub, self.notifier, settings.watchdog))
+
+    async def main_loop(self) -> None:
+        await self.stop.wait()
+
+    async def shutdown(self) -> None:
+        self.notifier.notify("STOPPING=1", "STATUS=draining and committing")
+        if self.heartbeat is not None:
+            self.heartbeat.cancel()
+        if self.info is not None:
+            self.info.unlink(missing_ok=True)
+        if self.http is not None:
+            await self.http.stop()
+        if self.server is not None:
+            self.server.close()
+        await self.hub.shutdown()
+        self.notifier.close()
+
+
 async def serve(
     settings: Settings,
     store: Store,
     listener: socket.socket | None = None,
     crash: CrashPoints | None = None,
 ) -> None:
-    loop = asyncio.get_running_loop()
-    hub = Hub(settings, store, loop, crash)
-    notifier = sdnotify.Notifier(settings.notify_socket)
-    hub.writer.start()
-    http = await _start_http(settings, hub)
-    hub.http_url = http.url if http is not None else None
-    if listener is not None:  # socket activation: systemd made it and set its mode
-        server = await loop.create_unix_server(hub.protocol_factory, sock=listener)
-    else:
-        server = await loop.create_unix_server(hub.protocol_factory, path=str(settings.socket))
-        if settings.socket_group is not None:
-            os.chown(settings.socket, -1, grp.getgrnam(settings.socket_group).gr_gid)
-        os.chmod(settings.socket, settings.socket_mode)
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    info = _write_info(settings, http)
-    url = http.url if http is not None else "off"
-    log.info(
-        "serving data dir %s on %s%s, HTTP %s (pid %d)",
-        settings.data_dir,
-        settings.socket,
-        " (socket-activated)" if listener is not None else "",
-        url,
-        os.getpid(),
-    )
-    print(f"stepline daemon: ready on {settings.socket}; dashboard {url}", flush=True)
-    notifier.notify("READY=1", f"MAINPID={os.getpid()}", _status(hub))
-    heartbeat = (
-        loop.create_task(_heartbeat(hub, notifier, settings.watchdog)) if notifier.enabled else None
-    )
-
-    await stop.wait()
-
-    notifier.notify("STOPPING=1", "STATUS=draining and committing")
-    if heartbeat is not None:
-        heartbeat.cancel()
-    info.unlink(missing_ok=True)
-    if http is not None:
-        await http.stop()
-    log.info("shutting down: draining %d connections", len(hub.connections))
-    hub.stopping = True
-    server.close()
-    for conn in list(hub.connections):
-        if conn.transport is not None and not conn.closed:
-            conn.transport.pause_reading()
-    try:
-        await asyncio.wait_for(hub.drain(), settings.drain_timeout)
-    except TimeoutError:
-        log.error(
-            "shutdown: writes still queued after %.0fs; exiting anyway", settings.drain_timeout
-        )
-    losses = [conn.lost for conn in hub.connections]
-    for conn in list(hub.connections):
-        if conn.transport is not None:
-            conn.transport.close()
-    if losses:
-        await asyncio.wait(losses, timeout=5)
-    hub.writer.stop(timeout=settings.drain_timeout)
-    hub.reads.shutdown(wait=True, cancel_futures=True)
-    if hub.workers is not None:
-        hub.workers.shutdown(wait=True, cancel_futures=True)
-    notifier.close()
+    daemon = Daemon(settings, store, listener, crash)
+    await daemon.startup()
+    await daemon.main_loop()
+    await daemon.shutdown()
 
 
 def _inherited(settings: Settings) -> tuple[Settings, socket.socket | None]:
@@ -236,7 +255,7 @@ def run(settings: Settings) -> int:
                 )
             except TruncatedStore as exc:
                 raise StartupError(f"{exc}; restore it from a backup (stepline backup)") from None
-            orphans = store.crash_orphans()
+            orphans = runs.crash_orphans(store)
             if orphans:
                 log.info("marked %d runs left running by a previous daemon as crashed", orphans)
             try:

@@ -18,11 +18,10 @@ from typing import Any
 
 import lmdb
 
-from stepline_daemon import queries, render
+from stepline_daemon import ops, render
 from stepline_daemon.store import Store
+from stepline_daemon.store.reads import LmdbReads
 
-# Reads heavy enough to leave the daemon's interpreter.
-HEAVY = frozenset({"history", "page", "keys"})
 NICE = 10
 
 _store: Store | None = None
@@ -43,7 +42,7 @@ def start(data_dir: str, daemon_pid: int) -> None:
 
 
 def ready() -> bool:
-    """A task that only makes the pool start a worker (the daemon does so at start-up)."""
+    """A task that only makes the pool start a worker (the daemon does so on its first read)."""
     return _store is not None
 
 
@@ -53,7 +52,7 @@ def run(op: str, msg: dict[str, Any], spec: render.Spec) -> Any:
     for _ in range(5):
         try:
             with store.env.begin() as txn:
-                result = queries.result_of(queries.READS[op](store, txn, msg))
+                result = ops.answer(LmdbReads(store, txn), op, msg)
             break
         except lmdb.MapResizedError:
             # The daemon grew the map since this process last looked: adopt it.

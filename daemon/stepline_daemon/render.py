@@ -3,7 +3,8 @@ protocol frames. Pure, and picklable by name, so a read worker process renders
 its own results and hands the daemon bytes.
 
 A *spec* says how: ``("json",)``, ``("rows", fmt, keys)`` for history pages,
-``("csv", columns, header)``, ``("frame", rid)`` for a socket reply, or ``None``
+``("csv", columns, header)``, ``("frame", rid)`` for a socket reply, ``("frame_page", rid)`` for
+one page of a streamed scan (the frame and the next page's step), or ``None``
 for the plain result.
 """
 
@@ -17,6 +18,8 @@ from typing import Any
 from stepline import protocol
 from stepline.errors import ProtocolError
 from stepline.export import csv_cell  # one spelling of NaN, booleans, None for every CSV
+from stepline_daemon import replies, splice
+from stepline_daemon.readmodel import Rows, plain
 
 Spec = tuple[Any, ...] | None
 
@@ -50,25 +53,35 @@ def csv_text(rows: list[dict[str, Any]], keys: list[str], header: bool) -> bytes
 
 
 def render(spec: Spec, result: Any) -> Any:
+    """``result`` (plain data, or :class:`Rows`) as ``spec`` asks."""
     if spec is None:
-        return result
+        return plain(result)
     kind = spec[0]
+    if kind == "frame":
+        return _frame(spec[1], result)
+    if kind == "frame_page":  # one page of a stream: the frame, and where the next starts
+        return _frame(spec[1], result), result.next
     if kind == "json":
-        return dumps(result)
+        return dumps(plain(result))
+    rows = result.dicts() if isinstance(result, Rows) else result["rows"]
+    nxt = result.next if isinstance(result, Rows) else result.get("next")
     if kind == "rows":  # a history page, as rows or as columns
         _, fmt, keys = spec
-        nxt = result.get("next")
         if fmt == "columns":
-            return dumps({**to_columns(result["rows"], keys), "next": nxt})
-        return dumps({"rows": result["rows"], "next": nxt})
+            return dumps({**to_columns(rows, keys), "next": nxt})
+        return dumps({"rows": rows, "next": nxt})
     if kind == "csv":
         _, columns, header = spec
-        return csv_text(result["rows"], columns, header), result.get("next")
-    if kind == "frame":
-        try:
-            return protocol.encode({"op": "ok", "rid": spec[1], "result": result})
-        except ProtocolError as exc:  # a reply over the frame limit: say so instead
-            return protocol.encode(
-                {"op": "error", "code": "reply_too_large", "message": exc.message, "rid": spec[1]}
-            )
+        return csv_text(rows, columns, header), nxt
     raise ValueError(f"unknown render spec {spec!r}")
+
+
+def _frame(rid: Any, result: Any) -> bytes:
+    if isinstance(result, Rows) and result.packed is not None:
+        # Stored rows spliced into the reply, never decoded here.
+        try:
+            return splice.rows_frame(rid, result.packed, result.next, result.paged)
+        except ProtocolError as exc:  # a reply over the frame limit: say so instead
+            reply = replies.error(exc, {"rid": rid})
+            return protocol.encode(reply | {"code": "reply_too_large"})
+    return replies.frame({"op": "ok", "rid": rid, "result": plain(result)})

@@ -13,7 +13,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from stepline.rows import Chunks, chunks_of
+from stepline_daemon.batches import Chunks, chunks_of
 
 # Per key: [first, last, min, max, sum, count]. min/max/sum/count cover finite
 # non-bool numbers only; first/last cover every value.

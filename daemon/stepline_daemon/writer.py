@@ -16,64 +16,54 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import lmdb
 
-from stepline.errors import DaemonError, Error, RequestError, SeqGap, StorageFull
-from stepline.rows import Chunks
+from stepline.errors import DaemonError, RequestError, SeqGap, StorageFull
+from stepline_daemon import replies
 from stepline_daemon.faults import CrashPoints
+from stepline_daemon.messages import Barrier, Batch, Disconnect, Write
 from stepline_daemon.metrics import Metrics
-from stepline_daemon.store import TOKEN_TTL, Row, Store
+from stepline_daemon.ops import OPS
+from stepline_daemon.replies import Reply
+from stepline_daemon.store import runs, tokens
+from stepline_daemon.store.records import Store
+from stepline_daemon.store.tokens import TOKEN_TTL
 
 log = logging.getLogger("stepline.writer")
 
-Reply = dict[str, Any]
 ReplyFn = Callable[[Reply], None]
 # The replies to deliver, and the runs whose records or rows the commit changed.
 Post = Callable[[list[tuple[ReplyFn, Reply]], set[int]], None]
 
-SEQ_OPS = frozenset({"log", "config", "summary", "metric", "finish"})
-# Requests without a seq to record when refused, each applied in a nested
-# transaction. (Refused seq requests must still record their seq.) They may
-# carry a token: their outcome is stored with it, in that transaction.
-_SAVEPOINTED = frozenset({"init", "delete", "purge"})
 # How often stored outcomes older than TOKEN_TTL are looked for and dropped.
 TOKEN_EXPIRY_EVERY = 3600.0
 
 
 @dataclass(eq=False)
 class WriteRequest:
-    op: str  # init, one of SEQ_OPS, delete, disconnect, or barrier
-    msg: dict[str, Any]
+    op: str  # an op of kind WRITE, or "disconnect", or "barrier"
+    msg: Write | None  # None only when refused (``refusal``)
     client: str
     reply: ReplyFn | None
-    rows: list[Row] = field(default_factory=list)
-    packed: list[bytes] | None = None  # the rows' values as received, to store as is
-    chunks: Chunks | None = None  # the rows' values by column, from the checks
-    # Refused on the loop already; the writer still records its seq, in order.
+    # rid, run_no and seq as the client sent them, for the reply.
+    echo: dict[str, Any] = field(default_factory=dict)
+    # Refused on the loop already; the writer still records a batch's seq, in order.
     refusal: RequestError | None = None
 
 
-def error_reply(exc: Error, msg: dict[str, Any]) -> Reply:
-    out: Reply = {"op": "error", "code": exc.code, "message": exc.message}
-    for k in ("rid", "run_no", "seq"):
-        if k in msg:
-            out[k] = msg[k]
-    return out
-
-
 def _touched(results: list[tuple[WriteRequest, Reply | None]]) -> set[int]:
-    runs = set()
+    touched = set()
     for req, reply in results:
-        if req.op in SEQ_OPS or req.op == "disconnect":
-            runs.add(req.msg["run_no"])
+        if isinstance(req.msg, (Batch, Disconnect)):
+            touched.add(req.msg.run_no)
         elif req.op == "init" and reply is not None and reply.get("op") == "ok":
             result = reply["result"]
-            runs.add(result["run_no"])
+            touched.add(result["run_no"])
             if result.get("how") == "rewind":
-                runs.add(result["parent_run_no"])  # now archived
-    return runs
+                touched.add(result["parent_run_no"])  # now archived
+    return touched
 
 
 class ResizeGate:
@@ -176,7 +166,7 @@ class Writer:
             except BaseException:  # never die silently: fail the group, keep serving
                 log.exception("writer: unexpected failure applying %d requests", len(group))
                 results = [
-                    (r, error_reply(DaemonError("internal error in the writer"), r.msg))
+                    (r, replies.error(DaemonError("internal error in the writer"), r.echo))
                     for r in group
                 ]
             finally:
@@ -201,11 +191,11 @@ class Writer:
                 # of the group is stored and the clients keep their rows to resend.
                 log.error("writer: commit failed: %s", exc)
                 err = StorageFull(f"storage error, nothing from this batch was stored: {exc}")
-                return [(r, error_reply(err, r.msg)) for r in group]
+                return [(r, replies.error(err, r.echo)) for r in group]
             except Exception:
                 if len(group) == 1:
                     log.exception("writer: request %s failed", group[0].op)
-                    return [(group[0], error_reply(DaemonError("internal error"), group[0].msg))]
+                    return [(group[0], replies.error(DaemonError("internal error"), group[0].echo))]
                 # One request hit a bug: apply each alone so the rest still land.
                 log.exception("writer: group failed; applying requests one by one")
                 return [result for r in group for result in self._apply([r])]
@@ -225,17 +215,17 @@ class Writer:
         txn = store.env.begin(write=True)
         try:
             for req in group:
-                if req.op in _SAVEPOINTED:
+                if req.op in OPS and OPS[req.op].savepointed:
                     results.append((req, self._savepointed(txn, req)))
                     continue
                 try:
                     results.append((req, self._apply_one(txn, req)))
                 except RequestError as exc:
-                    results.append((req, error_reply(exc, req.msg)))
+                    results.append((req, replies.error(exc, req.echo)))
                     # Its traceback holds _apply_one's frame, and with it the
                     # request: free a refused batch now, not at the next GC.
                     exc.__traceback__ = None
-            if any(req.op in _SAVEPOINTED for req in group):
+            if any(req.op in OPS and OPS[req.op].savepointed for req in group):
                 self._expire_tokens(txn)
             txn.commit()
         except BaseException:
@@ -249,7 +239,7 @@ class Writer:
         now = time.monotonic()
         if now >= self._expire_tokens_at:
             self._expire_tokens_at = now + TOKEN_EXPIRY_EVERY
-            n = self._store.expire_tokens(txn, time.time() - TOKEN_TTL)
+            n = tokens.expire(self._store, txn, time.time() - TOKEN_TTL)
             if n:
                 log.info("writer: forgot %d request outcomes older than %.0fs", n, TOKEN_TTL)
 
@@ -263,7 +253,7 @@ class Writer:
         except RequestError as exc:
             child.abort()
             exc.__traceback__ = None  # as in _commit
-            return error_reply(exc, req.msg)
+            return replies.error(exc, req.echo)
         except BaseException:
             child.abort()
             raise
@@ -271,47 +261,52 @@ class Writer:
         return reply
 
     def _apply_one(self, txn: lmdb.Transaction, req: WriteRequest) -> Reply | None:
-        store, msg = self._store, req.msg
-        if req.op in SEQ_OPS:
-            run, seq = msg["run_no"], msg["seq"]
-            last = store.last_seq(txn, req.client, run)
-            if seq <= last:  # a resend of a batch already answered: apply nothing
-                return {"op": "ack", "run_no": run, "seq": seq}
-            if seq != last + 1:
-                # An earlier batch failed for a passing reason (storage); the client
-                # resends from it, in order. Not recorded: this one is not answered.
-                raise SeqGap(f"batch {seq} arrived before batch {last + 1} of this run")
-            try:
-                if req.refusal is not None:
-                    refusal, req.refusal = req.refusal, None  # no cycle through req
-                    raise refusal
-                if req.op == "log":
-                    store.append(txn, run, req.rows, req.client, seq, req.packed, req.chunks)
-                    self._rows_in_txn += len(req.rows)
-                else:
-                    store.update_run(txn, req.op, msg, req.client, seq)
-            except RequestError:
-                # Refused for good: record the seq so the run's next batch follows on.
-                store.mark_seq(txn, req.client, run, seq)
-                raise
-            return {"op": "ack", "run_no": run, "seq": seq}
-        if req.op in _SAVEPOINTED:
-            token = msg.get("token")
-            done = None if token is None else store.outcome(txn, msg)
-            if done is not None:  # a resend of a request already applied
-                return {"op": "ok", "rid": msg.get("rid"), "result": done}
-            if req.op == "init":
-                result = store.init_run(txn, msg, req.client)
-            elif req.op == "delete":
-                result = store.delete_run(txn, msg)
-            else:
-                result = store.purge_deleted(txn)
-            if token is not None:
-                store.remember(txn, msg, result)
-            return {"op": "ok", "rid": msg.get("rid"), "result": result}
-        if req.op == "disconnect":
-            store.mark_crashed(txn, msg["run_no"], req.client)
+        msg = req.msg
+        if isinstance(msg, Batch) or (req.refusal is not None and OPS[req.op].needs_seq):
+            return self._batch(txn, req)
+        if req.refusal is not None:
+            refusal, req.refusal = req.refusal, None  # no cycle through req
+            raise refusal
+        if isinstance(msg, Disconnect):
+            runs.mark_crashed(self._store, txn, msg.run_no, req.client)
             return None
-        if req.op == "barrier":
+        if isinstance(msg, Barrier):
             return {"op": "barrier"}
-        raise RequestError(f"unknown write {req.op!r}")
+        op = OPS[req.op]
+        assert op.apply is not None and msg is not None
+        token = getattr(msg, "token", None)
+        done = None if token is None else tokens.outcome(self._store, txn, req.op, token)
+        if done is None:  # not a resend of a request already applied
+            done = op.apply(self._store, txn, msg, req.client)
+            if token is not None:
+                tokens.remember(self._store, txn, req.op, token, done)
+        return {"op": "ok", "rid": req.echo.get("rid"), "result": done}
+
+    def _batch(self, txn: lmdb.Transaction, req: WriteRequest) -> Reply:
+        store = self._store
+        run_no, seq = req.echo["run_no"], req.echo["seq"]
+        last = store.last_seq(txn, req.client, run_no)
+        if seq <= last:  # a resend of a batch already answered: apply nothing
+            return {"op": "ack", "run_no": run_no, "seq": seq}
+        if seq != last + 1:
+            # An earlier batch failed for a passing reason (storage); the client
+            # resends from it, in order. Not recorded: this one is not answered.
+            raise SeqGap(f"batch {seq} arrived before batch {last + 1} of this run")
+        try:
+            if req.refusal is not None:
+                refusal, req.refusal = req.refusal, None  # no cycle through req
+                if req.op != "log":
+                    # A run that cannot be written is what the client hears of
+                    # first, before what is wrong with the update.
+                    runs.writable(store, txn, run_no, req.client)
+                raise refusal
+            apply = OPS[req.op].apply
+            assert apply is not None
+            apply(store, txn, req.msg, req.client)
+            if req.op == "log":
+                self._rows_in_txn += len(cast(Any, req.msg).rows[0])
+        except RequestError:
+            # Refused for good: record the seq so the run's next batch follows on.
+            store.mark_seq(txn, req.client, run_no, seq)
+            raise
+        return {"op": "ack", "run_no": run_no, "seq": seq}

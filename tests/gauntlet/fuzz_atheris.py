@@ -36,12 +36,14 @@ import msgpack
 with atheris.instrument_imports(include=["stepline", "stepline_daemon"]):
     from stepline import protocol
     from stepline.errors import DaemonError, Error, ProtocolError, RequestError
-    from stepline_daemon import queries, render, server
+    from stepline_daemon import connection, ops, render, replies
     from stepline_daemon.faults import CrashPoints
     from stepline_daemon.settings import Settings
     from stepline_daemon.store import Store
-    from stepline_daemon.writer import ResizeGate, Writer, WriteRequest, error_reply
+    from stepline_daemon.store.reads import LmdbReads
+    from stepline_daemon.writer import ResizeGate, Writer, WriteRequest
 
+from tests import storeops
 from tests.gauntlet.fuzz_known import known_bug
 
 P = "fz"
@@ -59,7 +61,7 @@ class _Hub:
         return {"pid": 0}
 
 
-class Probe(server.Connection):
+class Probe(connection.Connection):
     """The daemon's connection with its writes, reads and replies captured."""
 
     def __init__(self, hub: Any) -> None:
@@ -71,7 +73,7 @@ class Probe(server.Connection):
     def send(self, msg: dict[str, Any]) -> None:
         protocol.encode(msg)
 
-    def _write(self, req: WriteRequest, cost: int) -> None:
+    def _submit(self, req: WriteRequest, cost: int) -> None:
         self.writes.append(req)
 
     def _read(self, op: str, msg: dict[str, Any]) -> None:
@@ -96,12 +98,18 @@ class Harness:
         self.writer = Writer(self.store, lambda results, runs: None, ResizeGate(), 1)
         self.conn = Probe(_Hub(Settings(data_dir=root, socket=root / "unused.sock")))
         with self.store.env.begin(write=True) as txn:
-            base = self.store.init_run(txn, {"project": P, "id": "r0", "config": {"lr": 1}}, "s")
+            base = storeops.init_run(
+                self.store, txn, {"project": P, "id": "r0", "config": {"lr": 1}}, "s"
+            )
             rows = [(s, {"a": s * 0.5, "b": str(s), "c": s % 3 == 0}) for s in range(200)]
-            self.store.append(txn, base["run_no"], rows, "s", 1)
-            self.store.init_run(txn, {"project": P, "id": "r1", "fork_from": ["r0", 50]}, "s")
-            self.store.init_run(txn, {"project": P, "id": "r0", "resume_from": ["r0", 80]}, "s")
-            self.store.init_run(txn, {"project": P, "id": "r2"}, "s")
+            storeops.append(self.store, txn, base["run_no"], rows, "s", 1)
+            storeops.init_run(
+                self.store, txn, {"project": P, "id": "r1", "fork_from": ["r0", 50]}, "s"
+            )
+            storeops.init_run(
+                self.store, txn, {"project": P, "id": "r0", "resume_from": ["r0", 80]}, "s"
+            )
+            storeops.init_run(self.store, txn, {"project": P, "id": "r2"}, "s")
 
     def one_input(self, data: bytes) -> None:
         dec = protocol.Decoder()
@@ -128,7 +136,7 @@ class Harness:
             conn.handle(msg)
         except Error as exc:
             _typed(exc)
-            _frame(error_reply(exc, msg))
+            _frame(replies.error(exc, replies.echo_of(msg)))
             return
         for req in conn.writes:
             self.write(req)
@@ -141,7 +149,7 @@ class Harness:
             try:
                 reply = self.writer._apply_one(txn, req)
             except RequestError as exc:  # Writer._commit's own handling
-                reply = error_reply(exc, req.msg)
+                reply = replies.error(exc, req.echo)
             if reply is not None:
                 _frame(reply)
         finally:
@@ -150,21 +158,15 @@ class Harness:
     def read(self, op: str, msg: dict[str, Any]) -> None:
         with self.store.env.begin() as txn:
             try:
-                result = queries.READS[op](self.store, txn, msg)
+                result = ops.answer(LmdbReads(self.store, txn), op, msg)
             except Error as exc:
                 _typed(exc)
-                _frame(error_reply(exc, msg))
+                _frame(replies.error(exc, replies.echo_of(msg)))
                 return
-            if isinstance(result, queries.Prebuilt):
-                try:
-                    frame = result.frame(msg.get("rid"))
-                except ProtocolError:
-                    return
-                decoded = msgpack.unpackb(frame[protocol.HEADER_SIZE :], raw=False)
-                result = decoded["result"]
-            else:
-                _frame({"op": "ok", "rid": msg.get("rid"), "result": result})
-        render.dumps(result)  # as the HTTP API renders it
+        frame = render.render(("frame", msg.get("rid")), result)
+        decoded = msgpack.unpackb(frame[protocol.HEADER_SIZE :], raw=False)
+        if decoded["op"] == "ok":
+            render.dumps(decoded["result"])  # as the HTTP API renders it
 
 
 SEEDS: list[dict[str, Any]] = [

@@ -9,8 +9,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stepline.rows import check_row, check_rows, chunks_of, column_chunks
 from stepline_daemon import summary
+from stepline_daemon.batches import check_row, check_rows, chunks_of, column_chunks
 
 GOOD = st.one_of(
     st.floats(allow_nan=True),

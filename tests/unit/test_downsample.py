@@ -1,4 +1,4 @@
-"""Min/max decimation for charts (``queries.decimate``), against its contract."""
+"""Min/max decimation for charts (``sampling.decimate``), against its contract."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stepline_daemon import queries
-from stepline_daemon.queries import decimate
-from stepline_daemon.store import Store
+from stepline_daemon.sampling import decimate
+from stepline_daemon.store import Store, reads
+from tests import storeops
 
 VALUES = st.one_of(
     st.integers(-(2**63), 2**63 - 1),
@@ -104,14 +104,16 @@ def test_strided_downsample_keeps_first_last_and_only_matching_rows(
         store = Store(Path(tmp) / "d", map_size=32 * 1024 * 1024)
         try:
             with store.env.begin(write=True) as txn:
-                parent = store.init_run(txn, {"project": "p", "id": "a"}, "c")
-                store.append(txn, parent["run_no"], rows, "c", 1)
+                parent = storeops.init_run(store, txn, {"project": "p", "id": "a"}, "c")
+                storeops.append(store, txn, parent["run_no"], rows, "c", 1)
             at = min(fork_at, rows[-1][0])
             with store.env.begin(write=True) as txn:
-                child = store.init_run(
-                    txn, {"project": "p", "id": "b", "fork_from": ["a", at]}, "c"
+                child = storeops.init_run(
+                    store, txn, {"project": "p", "id": "b", "fork_from": ["a", at]}, "c"
                 )
-                store.append(txn, child["run_no"], [(at + 1 + s, r) for s, r in rows[:20]], "c", 1)
+                storeops.append(
+                    store, txn, child["run_no"], [(at + 1 + s, r) for s, r in rows[:20]], "c", 1
+                )
             view = [(s, r) for s, r in rows if s <= at] + [(at + 1 + s, r) for s, r in rows[:20]]
             want = [
                 {"_step": s, **{k: r[k] for k in keys if k in r}}
@@ -122,7 +124,7 @@ def test_strided_downsample_keeps_first_last_and_only_matching_rows(
             ]
             with store.env.begin() as txn:
                 rec = store.find(txn, "p", "b")
-                segs = store.segments(txn, rec)
+                segs = storeops.segments(store, txn, rec)
                 # Force the strided read (the dense one is checked by the model test).
                 got = _strided_downsample(
                     store, txn, segs, keys, min_step, max_step, samples, require_all
@@ -142,9 +144,9 @@ def test_strided_downsample_keeps_first_last_and_only_matching_rows(
 
 
 def _strided_downsample(*args: Any) -> list[dict[str, Any]]:
-    saved = queries.READ_PER_SAMPLE
-    queries.READ_PER_SAMPLE = 1  # ranges over `samples` steps count as long: strided
+    saved = reads.READ_PER_SAMPLE
+    reads.READ_PER_SAMPLE = 1  # ranges over `samples` steps count as long: strided
     try:
-        return queries.downsample(*args)
+        return reads.downsample(*args)
     finally:
-        queries.READ_PER_SAMPLE = saved
+        reads.READ_PER_SAMPLE = saved

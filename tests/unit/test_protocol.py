@@ -15,7 +15,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stepline import protocol
 from stepline.errors import ProtocolError
 from stepline.protocol import (
     HEADER_SIZE,
@@ -25,6 +24,7 @@ from stepline.protocol import (
     encode,
     encode_log,
 )
+from tests import wire
 
 NAN = float("nan")
 INF = float("inf")
@@ -135,10 +135,10 @@ def test_same_helper_is_not_vacuous() -> None:
 
 
 def norm(msg: Message) -> Message:
-    """A decoded ``log`` message in row form, values decoded (``protocol.log_rows``)."""
+    """A decoded ``log`` message in row form, values decoded (``wire.log_rows``)."""
     if msg.get("op") == "log" and "steps" in msg:
         out = {k: v for k, v in msg.items() if k not in ("steps", "values")}
-        out["rows"] = protocol.log_rows(msg)
+        out["rows"] = wire.log_rows(msg)
         return out
     return msg
 
@@ -584,37 +584,3 @@ def test_encode_log_property(rows: list[tuple[int, dict[str, Any]]], run: int, s
     (got,) = drain_bytewise(frame)
     want = {"op": "log", "run_no": run, "seq": seq, "rows": [[s, v] for s, v in rows]}
     assert same(norm(got), want)
-
-
-# ------------------------------------------------ prebuilt scan replies (daemon side)
-
-
-@pytest.mark.parametrize("n_keys", [0, 1, 14, 15, 16, 65534, 65535, 70_000])
-@pytest.mark.parametrize("step", [0, 127, 128, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**63 - 1])
-def test_step_row_parts_splice_step_first(n_keys: int, step: int) -> None:
-    values = {f"k{i}": float(i) for i in range(n_keys)}
-    parts = protocol.step_row_parts(step, msgpack.packb(values, use_bin_type=True))
-    row = msgpack.unpackb(b"".join(parts), raw=False)
-    assert row == {"_step": step, **values}
-    assert next(iter(row)) == "_step"
-
-
-@pytest.mark.parametrize("count", [0, 1, 15, 16, 17])
-@pytest.mark.parametrize("next_step", [None, 0, 17, 2**63 - 1])
-def test_encode_rows_result_decodes_like_a_plain_reply(count: int, next_step: int | None) -> None:
-    stored = [(s, {"a": s * 0.5, "nan": math.nan}) for s in range(count)]
-    parts = [p for s, v in stored for p in protocol.step_row_parts(s, msgpack.packb(v))]
-    frame = protocol.encode_rows_result(7, parts, count, next_step)
-    dec = protocol.Decoder()
-    dec.feed(frame)
-    msg = dec.next_message()
-    assert msg is not None and dec.next_message() is None
-    assert msg["op"] == "ok" and msg["rid"] == 7 and msg["result"]["next"] == next_step
-    rows = msg["result"]["rows"]
-    assert [r["_step"] for r in rows] == list(range(count))
-    assert all(r["a"] == r["_step"] * 0.5 and math.isnan(r["nan"]) for r in rows)
-
-
-def test_step_row_parts_refuses_a_non_map() -> None:
-    with pytest.raises(ValueError, match="not a msgpack map"):
-        protocol.step_row_parts(1, msgpack.packb([1, 2]))

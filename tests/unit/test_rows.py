@@ -19,10 +19,9 @@ from stepline.rows import (
     RESERVED_KEYS,
     STEP_MAX,
     StepTracker,
-    check_row,
-    check_step,
     flatten,
 )
+from stepline_daemon.batches import check_row, check_step
 
 RESERVED = {"_timestamp", "_runtime"}
 

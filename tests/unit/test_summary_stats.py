@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from stepline_daemon import summary
 from stepline_daemon.store import Store
+from tests import storeops
 
 VALUES = st.one_of(
     st.integers(-1000, 1000),
@@ -56,12 +57,12 @@ def test_view_stats_match_a_fold(
                     req["fork_from"] = [prev, at]
                     view = [(s, r) for s, r in view if s <= at]
                 with store.env.begin(write=True) as txn:
-                    info = store.init_run(txn, req, "c")
+                    info = storeops.init_run(store, txn, req, "c")
                 start = info["start_step"]
                 batch = [(start + j, r) for j, r in enumerate(rows)]
                 if batch:
                     with store.env.begin(write=True) as txn:
-                        store.append(txn, info["run_no"], batch, "c", 1)
+                        storeops.append(store, txn, info["run_no"], batch, "c", 1)
                 view += batch
                 prev = f"r{i}"
                 with store.env.begin() as txn:
@@ -69,7 +70,7 @@ def test_view_stats_match_a_fold(
                     if not view:
                         continue
                     step = data.draw(st.integers(0, view[-1][0]), label="step")
-                    got = store._inherited_stats(txn, rec, step)
+                    got = storeops.inherited_stats(store, txn, rec, step)
                 want: summary.Stats = {}
                 summary.update_batch(want, [r for s, r in view if s <= step])
                 assert set(got) == set(want)
