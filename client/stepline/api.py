@@ -135,11 +135,14 @@ class Api:
         project, sep, run_id = path.partition("/")
         if not sep or not project or not run_id:
             raise UsageError(f"Api.run() takes 'project/run_id', got {path!r}")
-        return ApiRun(self, self._call({"op": "info", "project": project, "id": run_id}))
+        # Light: no lineage, children or config until asked for (see ApiRun).
+        info = self._call({"op": "info", "project": project, "id": run_id, "full": False})
+        return ApiRun(self, info)
 
     def timeline(self, project: str, run_no: int) -> ApiRun:
         """A timeline by its internal number, including ones a rewind archived."""
-        return ApiRun(self, self._call({"op": "info", "project": project, "run_no": run_no}))
+        info = self._call({"op": "info", "project": project, "run_no": run_no, "full": False})
+        return ApiRun(self, info)
 
 
 class ApiRun:
@@ -283,3 +286,37 @@ class ApiRun:
 
     def __repr__(self) -> str:
         return f"<stepline.ApiRun {self.project}/{self.id} ({self.state})>"
+
+    @property
+    def created(self) -> float:
+        """When this timeline was created, Unix time in seconds."""
+        created: float = self._full("created")
+        return created
+
+    @property
+    def updated(self) -> float:
+        """When this timeline last changed, Unix time in seconds."""
+        updated: float = self._full("updated")
+        return updated
+
+    @property
+    def exit_code(self) -> int | None:
+        """The exit code ``finish()`` reported; None until the run finishes (and after a crash)."""
+        code: int | None = self._full("exit_code")
+        return code
+
+    @property
+    def rows(self) -> int:
+        """How many rows this timeline holds itself; rows inherited from a parent not counted."""
+        rows: int = self._full("rows")
+        return rows
+
+    @property
+    def lineage_refs(self) -> list[dict[str, Any]]:
+        """``lineage`` with each ancestor's ``run_no`` and ``state`` too, as dicts."""
+        return [dict(a) for a in self._full("lineage")]
+
+    @property
+    def children_refs(self) -> list[dict[str, Any]]:
+        """``children`` with each one's ``run_no`` and ``state`` too, as dicts."""
+        return [dict(c) for c in self._full("children")]

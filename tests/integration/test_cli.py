@@ -22,6 +22,7 @@ import pytest
 
 import stepline
 from stepline import cli
+from stepline.commands import history
 from tests.conftest import Daemon
 
 P = "clip"
@@ -343,7 +344,7 @@ def test_history_csv_exact_values_specials_and_filters(daemon: Daemon) -> None:
 def test_history_pages_through_a_fork_exactly(
     daemon: Daemon, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(cli, "PAGE", 7)  # many pages, in both passes
+    monkeypatch.setattr(history, "PAGE", 7)  # many pages, in both passes
     parent = init(daemon, id="par")
     logged = log_steps(parent, range(40), val)
     parent.finish()
@@ -548,7 +549,7 @@ def test_export_of_a_live_run_is_one_snapshot(
     with init(daemon, id="live") as run:
         log_steps(run, range(10), val)
         run.flush()
-        survey = cli._survey
+        survey = history._survey
 
         def then_more(*args: Any) -> Any:
             found = survey(*args)
@@ -557,7 +558,7 @@ def test_export_of_a_live_run_is_one_snapshot(
             run.flush()
             return found
 
-        monkeypatch.setattr(cli, "_survey", then_more)
+        monkeypatch.setattr(history, "_survey", then_more)
         code, _, err = sl(daemon, capsys, "export", f"{P}/live", "-o", str(tmp_path / "x.csv"))
     assert code == 0 and err == ""
     header, *rows = list(csv.reader((tmp_path / "x.csv").open(newline="")))

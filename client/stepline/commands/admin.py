@@ -7,13 +7,15 @@ the store files) lives with the daemon, in ``stepline_daemon.check``.
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
+from stepline import units
 from stepline.api import Api
-from stepline.cli import _add_run, _parser
+from stepline.commands import Command
+from stepline.commands.common import add_run, guarded, parser
 from stepline.errors import DaemonUnavailable, Error
 
 
@@ -23,7 +25,7 @@ def _duration(seconds: float) -> str:
 
 def status(argv: list[str]) -> int:
     """Exit 0 with a report when a daemon answers; 1 when none does."""
-    ap = _parser("status", "Report the running daemon; exit non-zero when none answers.", timeout=5)
+    ap = parser("status", "Report the running daemon; exit non-zero when none answers.", timeout=5)
     ap.add_argument("--json", action="store_true", help="the daemon's report as JSON")
     args = ap.parse_args(argv)
     api = Api(socket=args.socket, timeout=args.timeout)
@@ -35,8 +37,6 @@ def status(argv: list[str]) -> int:
     finally:
         api.close()
     if args.json:
-        import json
-
         print(json.dumps(s, indent=2, sort_keys=True))
         return 0
     errors = ", ".join(f"{c} {n}" for c, n in sorted(s["errors"].items())) or "none"
@@ -62,13 +62,13 @@ def status(argv: list[str]) -> int:
 
 
 def delete(argv: list[str]) -> int:
-    ap = _parser(
+    ap = parser(
         "delete",
         "Delete a run (every timeline of its id). Soft while forks read its rows: the id is "
         "free again and reads no longer find it. --purge also removes the rows, refused "
         "while a fork that is not deleted reads them.",
     )
-    _add_run(ap)
+    add_run(ap)
     ap.add_argument("--purge", action="store_true", help="remove the rows for good too")
     ap.add_argument(
         "--force", action="store_true", help="also a run that crashed in the last minute"
@@ -86,7 +86,7 @@ def delete(argv: list[str]) -> int:
 
 
 def purge(argv: list[str]) -> int:
-    ap = _parser("purge", "Remove the rows of every deleted run that no live fork reads.")
+    ap = parser("purge", "Remove the rows of every deleted run that no live fork reads.")
     args = ap.parse_args(argv)
     with Api(socket=args.socket, timeout=args.timeout) as api:
         out = api.purge()
@@ -98,7 +98,7 @@ def purge(argv: list[str]) -> int:
 
 
 def backup(argv: list[str]) -> int:
-    ap = _parser(
+    ap = parser(
         "backup",
         "Have the daemon write a consistent, compacted copy of its store to DEST while it "
         "keeps serving. DEST must be new or empty, and writable by the daemon's user.",
@@ -116,6 +116,7 @@ def backup(argv: list[str]) -> int:
 
 def check(argv: list[str]) -> int:
     try:
+        # Imported here: the daemon is an optional extra, absent from client-only installs.
         from stepline_daemon.check import main as check_main
     except ImportError as exc:
         print(
@@ -126,17 +127,11 @@ def check(argv: list[str]) -> int:
     return check_main(argv)
 
 
-def systemd(argv: list[str]) -> int:
-    from stepline import units
-
-    return units.main(argv)
-
-
-COMMANDS: dict[str, Callable[[list[str]], int]] = {
-    "status": status,
-    "delete": delete,
-    "purge": purge,
-    "backup": backup,
-    "check": check,
-    "systemd": systemd,
+COMMANDS: dict[str, Command] = {
+    "status": guarded(status),
+    "delete": guarded(delete),
+    "purge": guarded(purge),
+    "backup": guarded(backup),
+    "check": guarded(check),
+    "systemd": guarded(units.main),
 }
