@@ -89,14 +89,13 @@ def parse_ref(ref: str, what: str, error: type[InvalidFork] | type[InvalidResume
 
 def _check_packable(value: Any, what: str) -> None:
     try:
-        size = len(msgpack.packb(value, use_bin_type=True))
+        packed = msgpack.packb(value, use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as exc:  # lone surrogates too
         raise TypeError(f"{what}: value cannot be stored: {exc}") from None
+    size = len(packed)
     # What the daemon stores must read back as JSON: no bytes, no ext types, no
     # int keys (msgpack takes them all; tuples arrive as lists, which is fine).
-    why = plain_value_problem(
-        msgpack.unpackb(msgpack.packb(value, use_bin_type=True), strict_map_key=False)
-    )
+    why = plain_value_problem(msgpack.unpackb(packed, strict_map_key=False))
     if why is not None:
         raise TypeError(f"{what}: value cannot be stored: {why}")
     if size > MAX_UPDATE_BYTES:
@@ -318,6 +317,23 @@ def init(
     under the XDG state dir instead; ``stepline sync`` delivers it later.
     """
     project = project or "uncategorized"
+    resume = _resume_mode(id, fork_from, resume_from, resume)
+    msg = _init_request(project, id, name, config, tags, resume, fork_from, resume_from)
+    sender = _open_sender(
+        mode, project, msg, paths.resolve_socket(socket), autostart=autostart, timeout=timeout
+    )
+    info = sender.request(msg, timeout)
+    run = Run(sender, info)  # type: ignore[arg-type]
+    _live_runs.add(run)
+    _flush_on_sigterm()
+    return run
+
+
+def _resume_mode(
+    id: str | None, fork_from: str | None, resume_from: str | None, resume: str | bool | None
+) -> str | None:
+    """``resume`` as the wire has it (allow, must, never or absent), checked against
+    the other ways init can start from an existing run."""
     if fork_from is not None and (resume is not None or resume_from is not None):
         raise InvalidFork("fork_from cannot be combined with resume or resume_from")
     if resume_from is not None and resume is not None:
@@ -330,6 +346,20 @@ def init(
         raise UsageError(f"resume must be 'allow', 'must', 'never', True or False, got {resume!r}")
     if resume in ("allow", "must") and id is None:
         raise UsageError(f"resume={resume!r} needs the id of the run to resume")
+    return resume
+
+
+def _init_request(
+    project: str,
+    id: str | None,
+    name: str | None,
+    config: Mapping[str, Any] | None,
+    tags: list[str] | None,
+    resume: str | None,
+    fork_from: str | None,
+    resume_from: str | None,
+) -> dict[str, Any]:
+    """The ``init`` message, every part of it checked to be storable."""
     cfg = dict(config or {})
     _check_packable(cfg, "config")
     # The token makes init safe to resend: if the daemon made the run but its
@@ -353,25 +383,33 @@ def init(
     # Encoded here, on the caller's thread, so a bad name or tag raises at this
     # call and never in the sender, where other runs' rows wait to be sent.
     _check_packable({k: v for k, v in msg.items() if k != "config"}, "init")
-    path = paths.resolve_socket(socket)
+    return msg
+
+
+def _open_sender(
+    mode: str | None,
+    project: str,
+    msg: dict[str, Any],
+    path: Path,
+    *,
+    autostart: bool | None,
+    timeout: float,
+) -> Sender | OfflineSender:
+    """A new offline file for the run, or the process's sender to the daemon at
+    ``path`` (started first if need be and allowed)."""
     mode = mode or os.environ.get("STEPLINE_MODE") or "online"
-    sender: Sender | OfflineSender
     if mode == "offline":
         offline.check_init(msg)
         settings = ClientSettings.from_env()
-        name = f"{project}-{time.strftime('%Y%m%dT%H%M%S')}-{os.urandom(4).hex()}{offline.SUFFIX}"
-        sender = OfflineSender(offline.offline_dir(settings) / name, path, settings)
-    elif mode == "online":
+        filename = (
+            f"{project}-{time.strftime('%Y%m%dT%H%M%S')}-{os.urandom(4).hex()}{offline.SUFFIX}"
+        )
+        return OfflineSender(offline.offline_dir(settings) / filename, path, settings)
+    if mode == "online":
         if autostart_enabled(autostart):
             ensure_daemon(path, timeout)
-        sender = _sender(path)
-    else:
-        raise UsageError(f"mode must be 'online' or 'offline', got {mode!r}")
-    info = sender.request(msg, timeout)
-    run = Run(sender, info)  # type: ignore[arg-type]
-    _live_runs.add(run)
-    _flush_on_sigterm()
-    return run
+        return _sender(path)
+    raise UsageError(f"mode must be 'online' or 'offline', got {mode!r}")
 
 
 EXIT_FLUSH_TIMEOUT = 10.0

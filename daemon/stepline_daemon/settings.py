@@ -11,8 +11,9 @@ import argparse
 import grp
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 from stepline import paths
 from stepline.protocol import MAX_FRAME_SIZE
@@ -90,117 +91,206 @@ class Settings:
     def from_args(
         cls, argv: Sequence[str] | None = None, env: Mapping[str, str] = os.environ
     ) -> Settings:
-        p = argparse.ArgumentParser(prog="stepline daemon", description="Run the stepline daemon.")
-        p.add_argument("--data-dir", help="LMDB data dir (env STEPLINE_DATA_DIR; default XDG)")
-        p.add_argument("--socket", help="Unix socket path (env STEPLINE_SOCKET; default XDG)")
-        p.add_argument("--map-size", type=int, help="initial LMDB map size in bytes")
-        p.add_argument("--read-threads", type=int)
-        p.add_argument(
-            "--read-processes", type=int, help="history read worker processes (default 2; 0: none)"
-        )
-        p.add_argument(
-            "--http",
-            help="HOST:PORT for the dashboard and JSON API, or off "
-            f"(env STEPLINE_HTTP; default {DEFAULT_HTTP[0]}:{DEFAULT_HTTP[1]})",
-        )
-        p.add_argument(
-            "--http-token",
-            help="require this token of HTTP clients; allows a non-loopback --http "
-            "(env STEPLINE_HTTP_TOKEN)",
-        )
-        p.add_argument(
-            "--socket-group",
-            help="group allowed to use the socket, mode 0660 (env STEPLINE_SOCKET_GROUP)",
-        )
-        p.add_argument("--max-frame", type=int, help=f"bytes per frame (default {MAX_FRAME_SIZE})")
-        p.add_argument(
-            "--max-keys-per-row",
-            type=int,
-            help=f"keys per row (default and most {MAX_KEYS_PER_ROW})",
-        )
-        p.add_argument(
-            "--max-value-len", type=int, help="characters per string value (default 1 MiB)"
-        )
-        p.add_argument(
-            "--max-runs-per-project", type=int, help="run ids per project (default 100000)"
-        )
-        p.add_argument(
-            "--log-format",
-            help="text, journal or json (env STEPLINE_LOG_FORMAT; journal when run by systemd)",
-        )
-        p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (env STEPLINE_LOG_LEVEL)")
+        """Parse ``argv`` and resolve it against ``env``; bad values exit as argparse does."""
+        p = parser()
         args = p.parse_args(argv)
+        try:
+            return cls.from_sources(args, env)
+        except SettingsError as exc:
+            p.error(str(exc))
 
-        def pick(flag: object, name: str) -> str | None:
-            if flag is not None:
-                return str(flag)
-            return env.get(ENV_PREFIX + name.upper()) or None
+    @classmethod
+    def from_sources(cls, args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
+        """Validate parsed flags, falling back to ``STEPLINE_*`` in ``env``.
 
-        data_dir = pick(args.data_dir, "data_dir")
-        sock = pick(args.socket, "socket")
+        Raises :class:`SettingsError` for the first bad value, in a fixed order so
+        a command line with several mistakes always names the same one.
+        """
+        src = _Sources(args, env)
+        data_dir = src.pick("data_dir")
+        sock = src.pick("socket")
         kw: dict[str, object] = {
             "data_dir": Path(data_dir) if data_dir else paths.default_data_dir(env),
             "socket": Path(sock) if sock else paths.default_socket(env),
         }
-        token = pick(args.http_token, "http_token")
-        if token is not None:
-            if len(token) < 16:
-                p.error("--http-token must be at least 16 characters")
-            kw["http_token"] = token
-        http = pick(args.http, "http")
-        if http is not None:
-            try:
-                kw["http"] = parse_http(http, token=token is not None)
-                kw["http_required"] = True
-            except ValueError as exc:
-                p.error(str(exc))
-        group = pick(args.socket_group, "socket_group")
-        if group is not None:
-            try:
-                grp.getgrnam(group)
-            except KeyError:
-                p.error(f"--socket-group: no group named {group!r}")
-            kw["socket_group"] = group
-            kw["socket_mode"] = 0o660
-        fmt = pick(args.log_format, "log_format") or (
-            "journal" if env.get("JOURNAL_STREAM") else None
-        )
-        if fmt is not None:
-            if fmt not in logs.FORMATS:
-                p.error(f"log format must be one of {', '.join(logs.FORMATS)}, got {fmt!r}")
-            kw["log_format"] = fmt
-        level = pick(args.log_level, "log_level")
-        if level is not None:
-            if level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-                p.error(f"log level must be DEBUG, INFO, WARNING or ERROR, got {level!r}")
-            kw["log_level"] = level.upper()
-        kw["notify_socket"] = env.get("NOTIFY_SOCKET") or None
-        kw["watchdog"] = sdnotify.watchdog_interval(env, os.getpid())
-        fds = sdnotify.listen_fds(env, os.getpid())
-        if len(fds) > 1:
-            p.error(f"systemd passed {len(fds)} sockets; stepline listens on one (ListenStream=)")
-        kw["listen_fd"] = fds[0] if fds else None
-        bounds = {
-            "map_size": (args.map_size, 1024 * 1024),
-            "read_threads": (args.read_threads, 1),
-            "read_processes": (args.read_processes, 0),
-            "max_frame": (args.max_frame, 64 * 1024),
-            "max_keys_per_row": (args.max_keys_per_row, 1),
-            "max_value_len": (args.max_value_len, 1),
-            "max_runs_per_project": (args.max_runs_per_project, 1),
-        }
-        for name, (flag, least) in bounds.items():
-            raw = pick(flag, name)
-            if raw is None:
-                continue
-            try:
-                kw[name] = value = int(raw)
-            except ValueError:
-                p.error(f"{name} must be an integer, got {raw!r}")
-            if value < least:
-                p.error(f"{name} must be at least {least}, got {value}")
-        if kw.get("max_keys_per_row", 0) > MAX_KEYS_PER_ROW:  # type: ignore[operator]
-            p.error(f"max_keys_per_row cannot exceed the protocol's {MAX_KEYS_PER_ROW}")
-        if kw.get("max_frame", 0) > MAX_FRAME_SIZE:  # type: ignore[operator]
-            p.error(f"max_frame cannot exceed the protocol's {MAX_FRAME_SIZE}")
+        kw.update(_http_settings(src))
+        kw.update(_socket_group(src))
+        kw.update(_log_settings(src))
+        kw.update(_systemd(env))
+        kw.update(_limits(src))
         return cls(**kw)  # type: ignore[arg-type]
+
+
+class SettingsError(ValueError):
+    """A flag or environment value the daemon cannot start with."""
+
+
+# Flags whose value is an integer with a floor; the environment gives them as text.
+_LOWER_BOUNDS = {
+    "map_size": 1024 * 1024,
+    "read_threads": 1,
+    "read_processes": 0,
+    "max_frame": 64 * 1024,
+    "max_keys_per_row": 1,
+    "max_value_len": 1,
+    "max_runs_per_project": 1,
+}
+# Limits clients are told by the protocol itself: the daemon may only be stricter.
+_UPPER_BOUNDS = {
+    "max_keys_per_row": MAX_KEYS_PER_ROW,
+    "max_frame": MAX_FRAME_SIZE,
+}
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _defaults() -> dict[str, Any]:
+    """Settings' field defaults, so the help text always states the real ones."""
+    return {f.name: f.default for f in fields(Settings) if f.default is not MISSING}
+
+
+def _mebibytes(n: int) -> str:
+    return f"{n // 2**20} MiB" if n % 2**20 == 0 else str(n)
+
+
+def parser() -> argparse.ArgumentParser:
+    """The daemon's command line."""
+    d = _defaults()
+    host, port = d["http"]
+    keys = d["max_keys_per_row"]
+    keys_help = (
+        f"default and most {keys}"
+        if keys == MAX_KEYS_PER_ROW
+        else f"default {keys}, most {MAX_KEYS_PER_ROW}"
+    )
+    p = argparse.ArgumentParser(prog="stepline daemon", description="Run the stepline daemon.")
+    p.add_argument("--data-dir", help="LMDB data dir (env STEPLINE_DATA_DIR; default XDG)")
+    p.add_argument("--socket", help="Unix socket path (env STEPLINE_SOCKET; default XDG)")
+    p.add_argument("--map-size", type=int, help="initial LMDB map size in bytes")
+    p.add_argument("--read-threads", type=int)
+    p.add_argument(
+        "--read-processes",
+        type=int,
+        help=f"history read worker processes (default {d['read_processes']}; 0: none)",
+    )
+    p.add_argument(
+        "--http",
+        help=f"HOST:PORT for the dashboard and JSON API, or off (env STEPLINE_HTTP; default {host}:{port})",
+    )
+    p.add_argument(
+        "--http-token",
+        help="require this token of HTTP clients; allows a non-loopback --http "
+        "(env STEPLINE_HTTP_TOKEN)",
+    )
+    p.add_argument(
+        "--socket-group",
+        help="group allowed to use the socket, mode 0660 (env STEPLINE_SOCKET_GROUP)",
+    )
+    p.add_argument("--max-frame", type=int, help=f"bytes per frame (default {d['max_frame']})")
+    p.add_argument("--max-keys-per-row", type=int, help=f"keys per row ({keys_help})")
+    p.add_argument(
+        "--max-value-len",
+        type=int,
+        help=f"characters per string value (default {_mebibytes(d['max_value_len'])})",
+    )
+    p.add_argument(
+        "--max-runs-per-project",
+        type=int,
+        help=f"run ids per project (default {d['max_runs_per_project']})",
+    )
+    p.add_argument(
+        "--log-format",
+        help="text, journal or json (env STEPLINE_LOG_FORMAT; journal when run by systemd)",
+    )
+    p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (env STEPLINE_LOG_LEVEL)")
+    return p
+
+
+class _Sources:
+    """Parsed flags over the environment: a flag given wins over ``STEPLINE_<NAME>``."""
+
+    def __init__(self, args: argparse.Namespace, env: Mapping[str, str]) -> None:
+        self.args = args
+        self.env = env
+
+    def pick(self, name: str) -> str | None:
+        flag = getattr(self.args, name)
+        if flag is not None:
+            return str(flag)
+        # An empty variable counts as unset, as a shell's ``VAR= cmd`` intends.
+        return self.env.get(ENV_PREFIX + name.upper()) or None
+
+
+def _http_settings(src: _Sources) -> dict[str, object]:
+    kw: dict[str, object] = {}
+    token = src.pick("http_token")
+    if token is not None:
+        if len(token) < 16:
+            raise SettingsError("--http-token must be at least 16 characters")
+        kw["http_token"] = token
+    http = src.pick("http")
+    if http is not None:
+        # parse_http's messages already name the flag.
+        try:
+            kw["http"] = parse_http(http, token=token is not None)
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
+        kw["http_required"] = True
+    return kw
+
+
+def _socket_group(src: _Sources) -> dict[str, object]:
+    group = src.pick("socket_group")
+    if group is None:
+        return {}
+    # Checked now: a typo would otherwise surface only when chown fails at bind.
+    try:
+        grp.getgrnam(group)
+    except KeyError:
+        raise SettingsError(f"--socket-group: no group named {group!r}") from None
+    return {"socket_group": group, "socket_mode": 0o660}
+
+
+def _log_settings(src: _Sources) -> dict[str, object]:
+    kw: dict[str, object] = {}
+    fmt = src.pick("log_format") or ("journal" if src.env.get("JOURNAL_STREAM") else None)
+    if fmt is not None:
+        if fmt not in logs.FORMATS:
+            raise SettingsError(f"log format must be one of {', '.join(logs.FORMATS)}, got {fmt!r}")
+        kw["log_format"] = fmt
+    level = src.pick("log_level")
+    if level is not None:
+        if level.upper() not in _LOG_LEVELS:
+            raise SettingsError(f"log level must be DEBUG, INFO, WARNING or ERROR, got {level!r}")
+        kw["log_level"] = level.upper()
+    return kw
+
+
+def _systemd(env: Mapping[str, str]) -> dict[str, object]:
+    fds = sdnotify.listen_fds(env, os.getpid())
+    if len(fds) > 1:
+        raise SettingsError(
+            f"systemd passed {len(fds)} sockets; stepline listens on one (ListenStream=)"
+        )
+    return {
+        "notify_socket": env.get("NOTIFY_SOCKET") or None,
+        "watchdog": sdnotify.watchdog_interval(env, os.getpid()),
+        "listen_fd": fds[0] if fds else None,
+    }
+
+
+def _limits(src: _Sources) -> dict[str, int]:
+    kw: dict[str, int] = {}
+    for name, least in _LOWER_BOUNDS.items():
+        raw = src.pick(name)
+        if raw is None:
+            continue
+        try:
+            kw[name] = value = int(raw)
+        except ValueError:
+            raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+        if value < least:
+            raise SettingsError(f"{name} must be at least {least}, got {value}")
+    for name, most in _UPPER_BOUNDS.items():
+        if kw.get(name, 0) > most:
+            raise SettingsError(f"{name} cannot exceed the protocol's {most}")
+    return kw
