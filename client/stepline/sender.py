@@ -26,11 +26,10 @@ import os
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stepline import protocol
+from stepline import outbox, protocol
 from stepline.channel import BACKOFF_MAX, BACKOFF_MIN, Channel, readable
 from stepline.errors import (
     RETRYABLE,
@@ -41,8 +40,9 @@ from stepline.errors import (
     UsageError,
     from_reply,
 )
+from stepline.outbox import Entry, Out, Request, ResendLater
 from stepline.settings import ClientSettings
-from stepline.spool import Ref, Spool
+from stepline.spool import Spool
 
 log = logging.getLogger("stepline")
 
@@ -66,44 +66,6 @@ SEND_TIMEOUT = 5.0
 HANDOFF_EVERY = 1024
 
 
-@dataclass(eq=False, slots=True)
-class _Entry:
-    run: int
-    first: int  # tickets first..ticket are in this entry
-    ticket: int
-    steps: list[int] | None = None  # a log batch: steps and packed values ...
-    values: list[bytes] | None = None
-    nbytes: int = 0
-    op: dict[str, Any] | None = None  # ... or a config/summary/metric/finish update
-
-
-@dataclass(eq=False, slots=True)
-class _Out:
-    """A framed batch awaiting its ack: in memory, or in the spool file."""
-
-    first: int  # the first ticket it covers
-    frame: bytes | None
-    ref: Ref | None
-    nbytes: int  # row bytes it holds in memory (0 once spooled)
-    sent: bool = False
-
-
-@dataclass(eq=False)
-class _Request:
-    msg: dict[str, Any]
-    done: threading.Event = field(default_factory=threading.Event)
-    result: Any = None
-    error: Error | None = None
-    sent: bool = False
-    # The last ticket queued before it: it is sent only after every batch up to
-    # there (a fork goes after its parent's rows; a resend after theirs).
-    after: int = 0
-
-
-class _Retry(Exception):
-    """The daemon could not take a batch for a passing reason: reconnect, resend."""
-
-
 class Sender:
     def __init__(self, path: Path, settings: ClientSettings | None = None) -> None:
         self.path = path
@@ -114,14 +76,14 @@ class Sender:
         # of flush() wait for progress; a notify never wakes the wrong kind.
         self._work = threading.Condition(self._lock)
         self._progress = threading.Condition(self._lock)
-        self._outbox: collections.deque[_Entry] = collections.deque()
-        self._tail: _Entry | None = None  # the open row entry rows coalesce into
+        self._outbox: collections.deque[Entry] = collections.deque()
+        self._tail: Entry | None = None  # the open row entry rows coalesce into
         self._ticket = 0  # last ticket handed out
         self._sent = 0  # every ticket up to this one is framed (sent or awaiting resend)
         self._done = 0  # every ticket up to this one is acknowledged or refused
         # Framed batches until acknowledged, oldest first; the unsent ones are
         # always a suffix (sent in order; all of them again after a reconnect).
-        self._unacked: collections.OrderedDict[tuple[int, int], _Out] = collections.OrderedDict()
+        self._unacked: collections.OrderedDict[tuple[int, int], Out] = collections.OrderedDict()
         self._unsent = 0
         self._mem = 0  # row bytes held in memory: queued, or framed and not yet acked
         self._spool = Spool(self.settings.spool_dir / f"{self.client_id}.spool")
@@ -132,7 +94,7 @@ class Sender:
         # The daemon's last passing refusal (disk full, ...) while rows wait on it:
         # named by a flush that times out, cleared by the next ack.
         self._retrying: Error | None = None
-        self._requests: dict[int, _Request] = {}
+        self._requests: dict[int, Request] = {}
         self._rids = itertools.count(1)
         self._chan: Channel | None = None
         # Why the daemon cannot be reached, while it cannot: a request that times
@@ -170,7 +132,7 @@ class Sender:
                 tail.nbytes += len(packed)
                 tail.ticket = ticket
             else:
-                self._tail = _Entry(run, ticket, ticket, [step], [packed], len(packed))
+                self._tail = Entry(run, ticket, ticket, [step], [packed], len(packed))
                 self._outbox.append(self._tail)
             if self._idle:
                 self._work.notify()
@@ -201,7 +163,7 @@ class Sender:
         """Queue an ordered run update (config, summary, metric, finish)."""
         with self._lock:
             self._ticket += 1
-            self._outbox.append(_Entry(run, self._ticket, self._ticket, op=op))
+            self._outbox.append(Entry(run, self._ticket, self._ticket, op=op))
             self._tail = None  # rows after an update go in a new entry, keeping order
             if self._idle:
                 self._work.notify()
@@ -214,7 +176,7 @@ class Sender:
         ``timeout`` passes: a request that changes something carries a ``token``,
         so the daemon answers a resend with the first attempt's outcome.
         """
-        req = _Request(msg)
+        req = Request(msg)
         with self._lock:
             rid = next(self._rids)
             msg["rid"] = rid
@@ -296,7 +258,7 @@ class Sender:
                 if self._pump():
                     backoff = BACKOFF_MIN
                 continue
-            except _Retry as exc:
+            except ResendLater as exc:
                 log.warning("stepline: %s; resending in %.2fs", exc, backoff)
             except (OSError, Error) as exc:
                 log.warning("stepline: daemon at %s unreachable (%s); retrying", self.path, exc)
@@ -360,17 +322,12 @@ class Sender:
         if chan is not None:
             chan.close()
 
-    def _frame(self, e: _Entry) -> tuple[tuple[int, int], bytes] | None:
+    def _frame(self, e: Entry) -> tuple[tuple[int, int], bytes] | None:
         """The entry framed with its run's next seq, or None (error recorded) if it
         cannot be framed. Called holding the lock."""
         seq = self._seqs[e.run] + 1
         try:
-            if e.steps is not None:
-                assert e.values is not None
-                frame = protocol.encode_log(e.run, seq, e.steps, e.values)
-            else:
-                assert e.op is not None
-                frame = protocol.encode({**e.op, "run_no": e.run, "seq": seq})
+            frame = e.framed(seq)
         except (Error, TypeError, ValueError, OverflowError) as exc:
             # Refused here, alone: the seq is not used, so the daemon sees no gap.
             # (Never lets other entries taken with it be lost.)
@@ -381,7 +338,7 @@ class Sender:
         self._seqs[e.run] = seq
         return (e.run, seq), frame
 
-    def _take_outbox(self) -> list[_Entry]:
+    def _take_outbox(self) -> list[Entry]:
         entries = list(self._outbox)
         self._outbox.clear()
         self._tail = None
@@ -411,7 +368,7 @@ class Sender:
             return
         with self._lock:
             for (e, (key, _)), ref in zip(framed, refs, strict=True):
-                self._unacked[key] = _Out(e.first, None, ref, 0)
+                self._unacked[key] = Out(e.first, None, ref, 0)
                 self._mem -= e.nbytes
             self._unsent += len(framed)
             self._spooled += len(framed)
@@ -432,7 +389,7 @@ class Sender:
             for e in entries:
                 framed = self._frame(e)
                 if framed is not None:
-                    self._unacked[framed[0]] = _Out(e.first, framed[1], None, e.nbytes)
+                    self._unacked[framed[0]] = Out(e.first, framed[1], None, e.nbytes)
                     self._unsent += 1
             if entries:
                 self._sent = entries[-1].ticket
@@ -475,30 +432,16 @@ class Sender:
         if spool_done:
             self._spool.clear()  # every spooled batch is acknowledged
         if retry:
-            raise _Retry(f"the daemon could not store a batch ({retry[0].get('message')})")
+            raise ResendLater(f"the daemon could not store a batch ({retry[0].get('message')})")
         return True
 
     def _first_unsent(self) -> int | None:
         """The first ticket of the oldest batch not yet sent, if any (holding the lock)."""
-        if not self._unsent:
-            return None
-        oldest = next(itertools.islice(reversed(self._unacked.values()), self._unsent - 1, None))
-        return oldest.first
+        return outbox.first_unsent(self._unacked, self._unsent)
 
-    def _next_unsent(self) -> list[_Out]:
+    def _next_unsent(self) -> list[Out]:
         """Unsent batches, oldest first, up to a send's worth; marks them sent."""
-        if not self._unsent:
-            return []
-        suffix = list(itertools.islice(reversed(self._unacked.values()), self._unsent))
-        suffix.reverse()
-        out: list[_Out] = []
-        size = 0
-        for o in suffix:
-            if out and size > SEND_BYTES:
-                break
-            o.sent = True
-            out.append(o)
-            size += len(o.frame) if o.frame is not None else o.ref[1]  # type: ignore[index]
+        out = outbox.take_unsent(self._unacked, self._unsent, SEND_BYTES)
         self._unsent -= len(out)
         return out
 

@@ -333,9 +333,7 @@ def next_steps(user: bool, unit_dir: Path, default_dir: Path) -> list[str]:
     return lines
 
 
-def main(argv: Sequence[str], env: Mapping[str, str] = os.environ) -> int:
-    """``stepline systemd install [--user] [--dir DIR] [--bin PATH] [--dry-run]``;
-    ``argv`` holds the words after ``stepline systemd``."""
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="stepline systemd", description="systemd units for stepline.")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
     inst = sub.add_parser(
@@ -362,20 +360,25 @@ def main(argv: Sequence[str], env: Mapping[str, str] = os.environ) -> int:
     inst.add_argument(
         "--dry-run", action="store_true", help="print the units instead of writing them"
     )
-    args = ap.parse_args(list(argv))
+    return ap
 
+
+class _Refused(Exception):
+    """The units cannot be installed; the message says why, for a human."""
+
+
+def _command_and_warnings(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """The command the units run, and what the user should hear about it."""
     own_env = args.bin is None
     command = default_command() if own_env else [os.path.abspath(args.bin)]
     warnings = []
     if own_env:
         missing = _missing_extra()
         if missing:
-            print(
-                f"stepline systemd: this environment cannot run the daemon (missing "
-                f"{', '.join(missing)}): pip install 'stepline[daemon]', or pass --bin",
-                file=sys.stderr,
+            raise _Refused(
+                f"this environment cannot run the daemon (missing {', '.join(missing)}): "
+                "pip install 'stepline[daemon]', or pass --bin"
             )
-            return 1
     elif not _executable(Path(command[0])):
         warnings.append(f"{command[0]} is not an executable file (yet)")
     if not args.user:
@@ -388,21 +391,10 @@ def main(argv: Sequence[str], env: Mapping[str, str] = os.environ) -> int:
                 "/opt/stepline/bin/pip install 'stepline[daemon]', then run "
                 "/opt/stepline/bin/stepline systemd install"
             )
-    try:
-        units = render(command, args.user)
-    except ValueError as exc:
-        print(f"stepline systemd: {exc}", file=sys.stderr)
-        return 2
+    return command, warnings
 
-    default_dir = user_unit_dir(env) if args.user else SYSTEM_DIR
-    unit_dir: Path = args.dir if args.dir is not None else default_dir
-    for w in warnings:
-        print(f"stepline systemd: warning: {w}", file=sys.stderr)
-    if args.dry_run:
-        for name, text in units.items():
-            print(f"# --- {unit_dir / name} ---")
-            print(text)
-        return 0
+
+def _install(args: argparse.Namespace, units: dict[str, str], unit_dir: Path) -> int:
     for name, text in units.items():
         path = unit_dir / name
         try:
@@ -412,6 +404,34 @@ def main(argv: Sequence[str], env: Mapping[str, str] = os.environ) -> int:
             print(f"stepline systemd: cannot write {path}: {exc.strerror}{hint}", file=sys.stderr)
             return 1
         print(f"{verb} {path}")
+    return 0
+
+
+def main(argv: Sequence[str], env: Mapping[str, str] = os.environ) -> int:
+    """``stepline systemd install [--user] [--dir DIR] [--bin PATH] [--dry-run]``;
+    ``argv`` holds the words after ``stepline systemd``."""
+    args = _parser().parse_args(list(argv))
+    try:
+        command, warnings = _command_and_warnings(args)
+    except _Refused as exc:
+        print(f"stepline systemd: {exc}", file=sys.stderr)
+        return 1
+    try:
+        units = render(command, args.user)
+    except ValueError as exc:
+        print(f"stepline systemd: {exc}", file=sys.stderr)
+        return 2
+    default_dir = user_unit_dir(env) if args.user else SYSTEM_DIR
+    unit_dir: Path = args.dir if args.dir is not None else default_dir
+    for w in warnings:
+        print(f"stepline systemd: warning: {w}", file=sys.stderr)
+    if args.dry_run:
+        for name, text in units.items():
+            print(f"# --- {unit_dir / name} ---")
+            print(text)
+        return 0
+    if _install(args, units, unit_dir):
+        return 1
     print("next:")
     for line in next_steps(args.user, unit_dir, default_dir):
         print(f"  {line}")
