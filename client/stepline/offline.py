@@ -121,7 +121,11 @@ def _sync_once(path: Path, socket: Path, retry: Retry) -> tuple[str, int]:
     init.pop("rid", None)
     chan = Channel(socket, timeout)
     try:
-        chan.send(protocol.encode({"op": "hello", "client": header["client"], "version": 1}))
+        chan.send(
+            protocol.encode(
+                {"op": "hello", "client": header["client"], "version": protocol.PROTOCOL_VERSION}
+            )
+        )
         if chan.receive(time.monotonic() + timeout).get("op") != "welcome":
             raise UsageError(f"{socket} did not greet as a stepline daemon")
         try:

@@ -61,7 +61,9 @@ import msgpack
 
 from stepline.errors import ProtocolError
 
-PROTOCOL_VERSION = 1
+# 2: the run number is ``run_no`` in every message (it was ``run`` in batches,
+# acks and errors). The daemon turns away a client that says it speaks another.
+PROTOCOL_VERSION = 2
 
 # Largest frame either side accepts. A batch of a few thousand rows of ordinary
 # metrics is well under a megabyte; 16 MiB leaves room for big config blobs while

@@ -164,6 +164,12 @@ class Connection(asyncio.Protocol):
         client = msg.get("client")
         if not isinstance(client, str) or not 0 < len(client) <= _MAX_CLIENT_ID or "\0" in client:
             raise RequestError(f"hello: client must be a 1-{_MAX_CLIENT_ID} character string")
+        version = msg.get("version")
+        if version is not None and version != protocol.PROTOCOL_VERSION:
+            raise RequestError(
+                f"hello: this daemon speaks protocol {protocol.PROTOCOL_VERSION}, the client "
+                f"{version!r}; install the same stepline version on both sides"
+            )
         self.client = client
         self.send({"op": "welcome", "version": protocol.PROTOCOL_VERSION, "server": "stepline"})
 
@@ -184,6 +190,8 @@ class Connection(asyncio.Protocol):
         # A bad run_no or seq is answered at once: there is no seq to record.
         header = messages.batch_header(op, msg) if spec.needs_seq else None
         try:
+            if spec.savepointed:
+                req.token = messages.token_of(msg)
             req.msg = self._decode(op, msg, header)
         except RequestError as exc:
             # Still goes through the writer, which answers in order (and records
@@ -231,7 +239,8 @@ class Connection(asyncio.Protocol):
     def _reply_when(self, work: Any, op: str, msg: dict[str, Any]) -> None:
         """Send the outcome of ``work`` (a frame, or a result) when it is done."""
         fut: asyncio.Future[Any] = asyncio.ensure_future(work)
-        echo = replies.echo_of(msg)
+        # A read's run_no names a timeline to read, not a batch's run: not echoed.
+        echo = replies.echo_of(msg, ("rid", "seq"))
 
         def done(f: asyncio.Future[Any]) -> None:
             exc = f.exception()
@@ -244,7 +253,7 @@ class Connection(asyncio.Protocol):
             elif isinstance(exc, Error):
                 self.send(replies.error(exc, echo))
             else:
-                log.error("%s failed", op, exc_info=exc)
+                log.error("read %s failed", op, exc_info=exc)
                 self.send(replies.internal(str(exc), echo))
 
         fut.add_done_callback(done)
@@ -257,7 +266,7 @@ class Connection(asyncio.Protocol):
         page here.
         """
         page = dict(msg)
-        echo = replies.echo_of(msg)
+        echo = replies.echo_of(msg, ("rid", "seq"))
         try:
             while not self.closed:
                 frame, nxt = await self.hub.read("scan", page, ("frame_page", msg.get("rid")))

@@ -224,7 +224,6 @@ class Hub:
     async def shutdown(self) -> None:
         """Stop reading, commit and answer everything queued (with a deadline),
         close every connection, then stop the writer and the reads."""
-        log.info("shutting down: draining %d connections", len(self.connections))
         self.stopping = True
         for conn in list(self.connections):
             conn.stop_reading()

@@ -212,6 +212,7 @@ class Daemon:
             self.info.unlink(missing_ok=True)
         if self.http is not None:
             await self.http.stop()
+        log.info("shutting down: draining %d connections", len(self.hub.connections))
         if self.server is not None:
             self.server.close()
         await self.hub.shutdown()

@@ -48,7 +48,6 @@ class Init:
     peer: dict[str, Any] | None
     fork_from: Ref | None = None
     resume_from: Ref | None = None
-    token: Token | None = None
 
 
 @dataclass(frozen=True)
@@ -57,12 +56,11 @@ class Delete:
     run_id: str
     purge: bool
     force: bool
-    token: Token | None = None
 
 
 @dataclass(frozen=True)
 class Purge:
-    token: Token | None = None
+    """Remove the rows of every deleted timeline no live one reads."""
 
 
 @dataclass(frozen=True)
@@ -128,6 +126,8 @@ def plain_map(value: Any, what: str) -> dict[str, Any]:
 
 
 def token_of(msg: dict[str, Any]) -> Token | None:
+    """The token of a request that changes something (``init``, ``delete``,
+    ``purge``), read before the rest of it: see ``writer``."""
     token = msg.get("token")
     if token is None:
         return None
@@ -155,7 +155,6 @@ def _ref(ref: Any, what: str) -> Ref:
 
 
 def parse_init(msg: dict[str, Any]) -> Init:
-    token = token_of(msg)
     project = check_project(msg.get("project"))
     run_id = msg.get("id")
     if run_id is not None:
@@ -172,7 +171,7 @@ def parse_init(msg: dict[str, Any]) -> Init:
         raise RequestError(f"resume must be 'allow', 'must' or 'never', got {resume!r}")
     # Who asked, as the kernel saw it (SO_PEERCRED), set by the server.
     peer = plain_map(msg.get("peer"), "peer") or None
-    init = Init(project, run_id, config, name, tags, resume, peer, token=token)
+    init = Init(project, run_id, config, name, tags, resume, peer)
     return _branching(init, msg)
 
 
@@ -201,15 +200,14 @@ def _replace(init: Init, **changes: Any) -> Init:
 
 
 def parse_delete(msg: dict[str, Any]) -> Delete:
-    token = token_of(msg)
     project = check_project(msg.get("project"))
     return Delete(
-        project, check_run_id(msg.get("id")), bool(msg.get("purge")), bool(msg.get("force")), token
+        project, check_run_id(msg.get("id")), bool(msg.get("purge")), bool(msg.get("force"))
     )
 
 
 def parse_purge(msg: dict[str, Any]) -> Purge:
-    return Purge(token_of(msg))
+    return Purge()
 
 
 def batch_header(op: str, msg: dict[str, Any]) -> tuple[int, int]:

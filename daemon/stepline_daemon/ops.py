@@ -99,8 +99,8 @@ OPS: dict[str, Op] = {
     "state": _read(readmodel.read_state),
     "keys": _read(readmodel.read_keys, heavy=True),
     # Whole rows are spliced, not decoded: cheap enough for a read thread.
-    "scan": _read(readmodel.read_rows),
-    "page": _read(readmodel.read_rows, heavy=True),
+    "scan": _read(readmodel.read_scan),
+    "page": _read(readmodel.read_page, heavy=True),
     "history": _read(readmodel.read_sample, heavy=True),
 }
 

@@ -88,6 +88,11 @@ class ReadModel(abc.ABC):
     for what does not exist and ``RequestError`` for what cannot be asked."""
 
     @abc.abstractmethod
+    def require(self, ref: RunRef) -> RunRef:
+        """``ref``, once it is known to name a readable timeline; else RunNotFound
+        (or RequestError for a malformed project or id)."""
+
+    @abc.abstractmethod
     def projects(self) -> list[dict[str, Any]]:
         """Each project's name, run count and latest update, in name order."""
 
@@ -157,28 +162,37 @@ def _require_all(msg: dict[str, Any]) -> bool:
     return bool(match == "all")
 
 
-def row_query(msg: dict[str, Any], limit: int | None = 1000) -> RowQuery:
+def row_query(msg: dict[str, Any], always_match: bool = True) -> RowQuery:
+    """The rows a ``scan`` or ``page`` asks for; ``match`` only matters with
+    ``keys``, and only ``page`` checks it without them."""
     keys = key_list(msg)
+    require_all = _require_all(msg) if keys is not None or always_match else True
     min_step = integer(msg, "min_step", 0, 0, STEP_MAX) or 0
     max_step = integer(msg, "max_step", None, 0, STEP_MAX + 1)
-    n = integer(msg, "limit", limit, 1, MAX_PAGE) if limit is not None else MAX_PAGE
-    assert n is not None
-    return RowQuery(
-        keys, min_step, max_step, n, bool(msg.get("include_parent", True)), _require_all(msg)
-    )
+    limit = integer(msg, "limit", 1000, 1, MAX_PAGE)
+    assert limit is not None
+    include_parent = bool(msg.get("include_parent", True))
+    return RowQuery(keys, min_step, max_step, limit, include_parent, require_all)
 
 
 # ---------------------------------------------- the read ops (see ``ops``)
 
 
-def read_rows(model: ReadModel, msg: dict[str, Any]) -> Rows:
-    """``scan`` and ``page``: one page of exact rows."""
-    return model.rows(run_ref(msg), row_query(msg))
+def read_page(model: ReadModel, msg: dict[str, Any]) -> Rows:
+    """``page``, and ``scan`` with keys: one page of exact rows."""
+    ref = model.require(run_ref(msg))  # an unknown run is what a caller hears of first
+    return model.rows(ref, row_query(msg))
+
+
+def read_scan(model: ReadModel, msg: dict[str, Any]) -> Rows:
+    """``scan``: ``page``, but without keys ``match`` means nothing and is not checked."""
+    ref = model.require(run_ref(msg))
+    return model.rows(ref, row_query(msg, always_match=False))
 
 
 def read_sample(model: ReadModel, msg: dict[str, Any]) -> Rows:
     """``history``: a downsample."""
-    ref = run_ref(msg)
+    ref = model.require(run_ref(msg))
     keys = key_list(msg)
     min_step = integer(msg, "min_step", 0, 0, STEP_MAX) or 0
     max_step = integer(msg, "max_step", None, 0, STEP_MAX + 1)

@@ -12,8 +12,8 @@ Reply = dict[str, Any]
 ECHOED = ("rid", "run_no", "seq")
 
 
-def echo_of(msg: dict[str, Any]) -> dict[str, Any]:
-    return {k: msg[k] for k in ECHOED if k in msg}
+def echo_of(msg: dict[str, Any], keys: tuple[str, ...] = ECHOED) -> dict[str, Any]:
+    return {k: msg[k] for k in keys if k in msg}
 
 
 def error(exc: Error, echo: dict[str, Any]) -> Reply:

@@ -23,7 +23,7 @@ import lmdb
 from stepline.errors import DaemonError, RequestError, SeqGap, StorageFull
 from stepline_daemon import replies
 from stepline_daemon.faults import CrashPoints
-from stepline_daemon.messages import Barrier, Batch, Disconnect, Write
+from stepline_daemon.messages import Barrier, Batch, Disconnect, Token, Write
 from stepline_daemon.metrics import Metrics
 from stepline_daemon.ops import OPS
 from stepline_daemon.replies import Reply
@@ -51,6 +51,9 @@ class WriteRequest:
     echo: dict[str, Any] = field(default_factory=dict)
     # Refused on the loop already; the writer still records a batch's seq, in order.
     refusal: RequestError | None = None
+    # A savepointed request's token, read even when the rest was refused: a
+    # token already used for another request is what the client hears of first.
+    token: Token | None = None
 
 
 def _touched(results: list[tuple[WriteRequest, Reply | None]]) -> set[int]:
@@ -264,20 +267,20 @@ class Writer:
         msg = req.msg
         if isinstance(msg, Batch) or (req.refusal is not None and OPS[req.op].needs_seq):
             return self._batch(txn, req)
-        if req.refusal is not None:
-            refusal, req.refusal = req.refusal, None  # no cycle through req
-            raise refusal
         if isinstance(msg, Disconnect):
             runs.mark_crashed(self._store, txn, msg.run_no, req.client)
             return None
         if isinstance(msg, Barrier):
             return {"op": "barrier"}
-        op = OPS[req.op]
-        assert op.apply is not None and msg is not None
-        token = getattr(msg, "token", None)
+        token = req.token
         done = None if token is None else tokens.outcome(self._store, txn, req.op, token)
+        refusal, req.refusal = req.refusal, None  # no cycle through req
+        if done is None and refusal is not None:
+            raise refusal
         if done is None:  # not a resend of a request already applied
-            done = op.apply(self._store, txn, msg, req.client)
+            apply = OPS[req.op].apply
+            assert apply is not None and msg is not None
+            done = apply(self._store, txn, msg, req.client)
             if token is not None:
                 tokens.remember(self._store, txn, req.op, token, done)
         return {"op": "ok", "rid": req.echo.get("rid"), "result": done}

@@ -32,6 +32,12 @@ class LmdbReads(ReadModel):
     def __init__(self, store: Store, txn: lmdb.Transaction) -> None:
         self.store = store
         self.txn = txn
+        # The last run looked up: a read checks its run first, then reads it.
+        self._found: tuple[RunRef, Record] | None = None
+
+    def require(self, ref: RunRef) -> RunRef:
+        self.target(ref)
+        return ref
 
     def projects(self) -> list[dict[str, Any]]:
         return catalog.project_summaries(self.store, self.txn)
@@ -117,11 +123,15 @@ class LmdbReads(ReadModel):
 
     def target(self, ref: RunRef) -> Record:
         """The run a read names: by id (its current timeline), or by ``run_no``."""
+        if self._found is not None and self._found[0] is ref:
+            return self._found[1]
         if ref.run_no is None:
-            return self.store.find(self.txn, ref.project, ref.run_id)
-        rec = self.store.record(self.txn, ref.run_no)
-        if rec["project"] != ref.project or rec.get("deleted"):
-            raise RunNotFound(f"no timeline {ref.run_no} in project {ref.project!r}")
+            rec = self.store.find(self.txn, ref.project, ref.run_id)
+        else:
+            rec = self.store.record(self.txn, ref.run_no)
+            if rec["project"] != ref.project or rec.get("deleted"):
+                raise RunNotFound(f"no timeline {ref.run_no} in project {ref.project!r}")
+        self._found = (ref, rec)
         return rec
 
     def describe(self, rec: Record, full: bool = False) -> dict[str, Any]:
