@@ -41,20 +41,17 @@ def bounds(segs: list[Segment], min_step: int, max_step: int | None) -> list[tup
     return out
 
 
-def _forward(
+def _spans(
     cur: lmdb.Cursor, segs: list[Segment], min_step: int, max_step: int | None, values: bool
-) -> Iterator[Any]:
-    """The one forward walk: (key, value) pairs, or keys alone without reading
-    values; raw big-endian keys compared, nothing decoded."""
+) -> Iterator[tuple[Iterator[Any], bytes]]:
+    """The one forward walk: per segment, the cursor placed at its first row
+    (iterating (key, value) pairs, or keys alone without reading values) and
+    the segment's last key. Callers stop at a key past it: raw big-endian keys
+    compare in step order, nothing decoded, the per-row loop theirs."""
     for run_no, lo, hi in bounds(segs, min_step, max_step):
-        if not cur.set_range(hkey(run_no, lo)):
-            continue
-        end = hkey(run_no, hi)
-        walk: Iterator[Any] = cur.iternext(keys=True, values=values)  # type: ignore[call-overload]
-        for item in walk:
-            if (item[0] if values else item) > end:
-                break
-            yield item
+        if cur.set_range(hkey(run_no, lo)):
+            walk: Iterator[Any] = cur.iternext(keys=True, values=values)  # type: ignore[call-overload]
+            yield walk, hkey(run_no, hi)
 
 
 def items(
@@ -65,7 +62,11 @@ def items(
     max_step: int | None = None,
 ) -> Iterator[Item]:
     """(key, packed values) over the segments, in step order; max exclusive."""
-    return _forward(txn.cursor(db=store.history), segs, min_step, max_step, True)
+    for walk, end in _spans(txn.cursor(db=store.history), segs, min_step, max_step, True):
+        for item in walk:
+            if item[0] > end:
+                break
+            yield item
 
 
 def iter_rows(
@@ -88,9 +89,11 @@ def iter_keys(
     max_step: int | None,
 ) -> Iterator[bytes]:
     """History keys only, without reading values: for counting and sampling."""
-    return cast(
-        Iterator[bytes], _forward(txn.cursor(db=store.history), segs, min_step, max_step, False)
-    )
+    for walk, end in _spans(txn.cursor(db=store.history), segs, min_step, max_step, False):
+        for key in walk:
+            if key > end:
+                break
+            yield key
 
 
 def iter_rows_back(
@@ -124,12 +127,18 @@ def page(
     """At most ``limit`` rows (fewer past ``max_bytes`` of values), as stored,
     and the step the next page starts at (None at the end)."""
     out: list[Item] = []
+    add = out.append
     size = 0
-    for item in items(store, txn, segs, min_step, max_step):
-        if len(out) == limit or size > max_bytes:
-            return out, hkey_step(item[0])
-        size += len(item[1])
-        out.append(item)
+    # The hottest read loop (every scan): its own loop over each span.
+    for walk, end in _spans(txn.cursor(db=store.history), segs, min_step, max_step, True):
+        for item in walk:
+            key = item[0]
+            if key > end:
+                break
+            if len(out) == limit or size > max_bytes:
+                return out, hkey_step(key)
+            size += len(item[1])
+            add(item)
     return out, None
 
 
