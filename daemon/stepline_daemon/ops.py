@@ -29,7 +29,7 @@ class Kind(enum.Enum):
 
 # (store, write transaction, request, client) -> the result to reply with, if any
 Apply = Callable[[Store, lmdb.Transaction, Any, str], Any]
-# (raw map, run_no, seq) -> the batch; only for batches
+# (run_no, seq, raw map) -> the batch; only for batches
 ParseBatch = Callable[[int, int, dict[str, Any]], Write]
 
 
