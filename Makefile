@@ -46,14 +46,18 @@ $(VENDOR)/%: $(NPM_STAMP)
 browser: $(CHROMIUM)
 
 # The systemd tests run the real systemd-analyze and systemd-socket-activate,
-# and strace for the sandbox check.
-tools: /usr/bin/systemd-analyze /usr/bin/strace
+# and strace for the sandbox check; the cluster tests start Debian's
+# clickhouse-server on loopback ports (never the system service).
+tools: /usr/bin/systemd-analyze /usr/bin/strace /usr/sbin/clickhouse-server
 
 /usr/bin/systemd-analyze:
 	$(call apt_install,systemd)
 
 /usr/bin/strace:
 	$(call apt_install,strace)
+
+/usr/sbin/clickhouse-server:
+	$(call apt_install,clickhouse-server)
 
 $(CHROMIUM):
 	$(call apt_install,chromium)
