@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-# Read ops that look a run up by ``run_no`` (queries._target).
+# Read ops that look a run up by ``run_no`` (LmdbReads.target).
 RUN_NO_READS = frozenset({"info", "scan", "page", "history", "state", "keys"})
 
 # Deeper than this, a config or summary value cannot be rendered as JSON by the

@@ -1835,7 +1835,7 @@ def test_known_bug_negative_run_no(bare_daemon: Daemon) -> None:
     no_traceback(bare_daemon)
 
 
-@_bug("queries._range/history: an explicit nil min_step/limit/samples trips an assert")
+@_bug("readmodel.row_query/read_sample: an explicit nil min_step/limit/samples trips an assert")
 def test_known_bug_explicit_nil_paging(bare_daemon: Daemon) -> None:
     w = Wire(bare_daemon)
     new_run(w, "n")
