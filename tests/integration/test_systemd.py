@@ -175,9 +175,22 @@ class Activated:
         return self.log_path.read_text(errors="replace")
 
     def trigger(self) -> None:
-        """Connect once: systemd-socket-activate execs the daemon on the first connection."""
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.connect(str(self.sock))
+        """Connect once: systemd-socket-activate execs the daemon on the first connection.
+
+        The socket file appears at bind(), a moment before listen(): a connect in
+        between is refused (one make test run in the hundreds), so refusals are
+        retried until it listens.
+        """
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while True:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                try:
+                    s.connect(str(self.sock))
+                    return
+                except ConnectionRefusedError:
+                    if time.monotonic() > deadline or self.proc.poll() is not None:
+                        raise
+            time.sleep(0.01)  # polling a condition: the socket listening
 
     def notifications(self, until: Callable[[dict[str, str]], bool]) -> list[dict[str, str]]:
         """sd_notify datagrams, each as its fields, up to the first ``until`` accepts."""
