@@ -19,10 +19,10 @@ import lmdb
 import msgpack
 
 from stepline import paths
+from stepline_daemon.names import NAME_RE
 from stepline_daemon.states import State
 from stepline_daemon.store import layout
 from stepline_daemon.store.layout import (
-    NAME_RE,
     SCHEMA_VERSION,
     U64,
     TruncatedStore,

@@ -20,7 +20,7 @@ from stepline.errors import InvalidFork, InvalidResume, RequestError
 from stepline.rows import STEP_MAX, plain_value_problem
 from stepline_daemon import summary
 from stepline_daemon.batches import Checked
-from stepline_daemon.store.layout import check_project, check_run_id
+from stepline_daemon.names import check_project, check_run_id
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import msgpack
 
 from stepline.errors import RequestError
 from stepline.rows import STEP_MAX
-from stepline_daemon.store.layout import check_project
+from stepline_daemon.names import check_project
 
 # One page is bounded so a single request cannot build an unbounded reply.
 MAX_PAGE = 100_000

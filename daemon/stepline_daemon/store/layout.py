@@ -27,7 +27,6 @@ store read the same layout.
 
 from __future__ import annotations
 
-import re
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,8 +34,6 @@ from typing import Any, cast
 
 import lmdb
 import msgpack
-
-from stepline.errors import RequestError
 
 SCHEMA_VERSION = 1
 DATABASES = ("history", "runs", "names", "children", "seqs", "snaps", "tokens", "meta")
@@ -46,10 +43,6 @@ MAX_DBS = 16
 
 U64 = struct.Struct(">Q")
 U64x2 = struct.Struct(">QQ")
-
-# Run ids and projects end up in URLs, file names and log lines.
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_NAME_RULE = "1-128 characters of letters, digits, '.', '_', '-'"
 
 Record = dict[str, Any]
 
@@ -100,18 +93,6 @@ def seq_key(client: str, run_no: int) -> bytes:
 def count_key(project: str) -> bytes:
     """``meta``: how many run ids ``project`` holds."""
     return b"runs\0" + project.encode()
-
-
-def check_project(project: Any) -> str:
-    if not isinstance(project, str) or not NAME_RE.fullmatch(project):
-        raise RequestError(f"project {project!r} is not valid: {_NAME_RULE}")
-    return project
-
-
-def check_run_id(run_id: Any) -> str:
-    if not isinstance(run_id, str) or not NAME_RE.fullmatch(run_id):
-        raise RequestError(f"run id {run_id!r} is not valid: {_NAME_RULE}")
-    return run_id
 
 
 def check_not_truncated(env: lmdb.Environment, path: Path) -> None:

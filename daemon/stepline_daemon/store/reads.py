@@ -12,11 +12,12 @@ import msgpack
 
 from stepline.errors import RunNotFound
 from stepline_daemon import summary
+from stepline_daemon.names import check_project
 from stepline_daemon.readmodel import MAX_PAGE_BYTES, ReadModel, RowQuery, Rows, RunRef
 from stepline_daemon.sampling import decimate, pick
 from stepline_daemon.store import catalog, history, lineage
 from stepline_daemon.store.history import Segment
-from stepline_daemon.store.layout import Record, check_project
+from stepline_daemon.store.layout import Record
 from stepline_daemon.store.records import Store
 
 # A downsample decodes at most this many rows per sample asked for, whatever

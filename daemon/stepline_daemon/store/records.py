@@ -16,6 +16,7 @@ import lmdb
 import msgpack
 
 from stepline.errors import RunNotFound
+from stepline_daemon.names import check_project, check_run_id
 from stepline_daemon.store import layout
 from stepline_daemon.store.layout import U64, Record
 
@@ -102,7 +103,7 @@ class Store:
         return self.record(txn, U64.unpack(raw)[0])
 
     def find(self, txn: lmdb.Transaction, project: object, run_id: object) -> Record:
-        rec = self.lookup(txn, layout.check_project(project), layout.check_run_id(run_id))
+        rec = self.lookup(txn, check_project(project), check_run_id(run_id))
         if rec is None:
             raise RunNotFound(f"run {run_id!r} does not exist in project {project!r}")
         return rec
