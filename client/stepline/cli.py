@@ -6,7 +6,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from stepline.commands import Command
+from stepline.commands import Command, daemon_main
 
 USAGE = """usage: stepline COMMAND [ARGS]
 
@@ -64,16 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _daemon(argv: list[str]) -> int:
-    try:
-        # Imported here: the daemon is an optional extra, absent from client-only installs.
-        from stepline_daemon.main import main as daemon_main
-    except ImportError as exc:
-        print(
-            f"stepline daemon needs the daemon extra: pip install 'stepline[daemon]' ({exc})",
-            file=sys.stderr,
-        )
-        return 1
-    return daemon_main(argv)
+    main = daemon_main("daemon", "main")
+    return 1 if main is None else main(argv)
 
 
 if __name__ == "__main__":

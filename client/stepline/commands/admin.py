@@ -14,7 +14,7 @@ from pathlib import Path
 
 from stepline import units
 from stepline.api import Api
-from stepline.commands import Command
+from stepline.commands import Command, daemon_main
 from stepline.commands.common import add_run, guarded, parser
 from stepline.errors import DaemonUnavailable, Error
 
@@ -115,16 +115,8 @@ def backup(argv: list[str]) -> int:
 
 
 def check(argv: list[str]) -> int:
-    try:
-        # Imported here: the daemon is an optional extra, absent from client-only installs.
-        from stepline_daemon.check import main as check_main
-    except ImportError as exc:
-        print(
-            f"stepline check needs the daemon extra: pip install 'stepline[daemon]' ({exc})",
-            file=sys.stderr,
-        )
-        return 2
-    return check_main(argv)
+    check_main = daemon_main("check", "check")
+    return 2 if check_main is None else check_main(argv)
 
 
 COMMANDS: dict[str, Command] = {
