@@ -26,6 +26,7 @@ from stepline_daemon.store.records import Store
 from stepline_daemon.writer import ResizeGate, Writer, WriteRequest
 
 if TYPE_CHECKING:
+    from stepline_daemon.cluster.shipper import Shipper
     from stepline_daemon.connection import Connection
 
 log = logging.getLogger("stepline.server")
@@ -58,6 +59,7 @@ class Hub:
         self.paused: set[Connection] = set()
         self.watchers: dict[int, set[asyncio.Event]] = {}
         self.http_url: str | None = None  # set once HTTP serves
+        self.shipper: Shipper | None = None  # set when the node replicates to a cluster
 
     # ------------------------------------------------------------ writes
 
@@ -71,6 +73,8 @@ class Hub:
                 fn(reply)
             except Exception:  # one connection's failure must not cost others their acks
                 log.exception("delivering a reply failed")
+        if self.shipper is not None and runs:
+            self.shipper.committed()
         for run_no in runs & self.watchers.keys():
             for event in self.watchers[run_no]:
                 event.set()
@@ -219,6 +223,7 @@ class Hub:
             "read_workers": self.settings.read_processes
             if self.workers is not None and self._workers_started and self._workers_up()
             else 0,
+            "cluster": None if self.shipper is None else self.shipper.status(),
         }
 
     async def shutdown(self) -> None:
@@ -227,6 +232,8 @@ class Hub:
         self.stopping = True
         for conn in list(self.connections):
             conn.stop_reading()
+        if self.shipper is not None:
+            await self.shipper.stop()
         try:
             await asyncio.wait_for(self.drain(), self.settings.drain_timeout)
         except TimeoutError:

@@ -35,6 +35,7 @@ from stepline_daemon.settings import Settings
 from stepline_daemon.store import Store, TruncatedStore, runs
 
 if TYPE_CHECKING:
+    from stepline_daemon.cluster.shipper import Shipper
     from stepline_daemon.http import Http
 
 log = logging.getLogger("stepline.daemon")
@@ -181,6 +182,8 @@ class Daemon:
     async def startup(self) -> None:
         settings, hub, loop = self.settings, self.hub, self.hub.loop
         hub.writer.start()
+        if settings.clickhouse is not None:
+            hub.shipper = _shipper(settings, hub)
         self.http = await _start_http(settings, hub)
         hub.http_url = self.http.url if self.http is not None else None
         self.server = await _listen(settings, hub, self.listener)
@@ -217,6 +220,23 @@ class Daemon:
             self.server.close()
         await self.hub.shutdown()
         self.notifier.close()
+
+
+def _shipper(settings: Settings, hub: Hub) -> Shipper:
+    """Replication into the cluster: the change index kept from now on, and the
+    task that ships it."""
+    from stepline_daemon.cluster.shipper import Shipper
+
+    assert settings.clickhouse is not None and hub.store.store_id is not None
+    store_id = hub.store.store_id
+    shipper = Shipper(
+        settings.clickhouse, settings.node, hub.store, store_id, hub.gate, hub.writer, hub.crash
+    )
+    shipper.start()
+    log.info(
+        "replicating to %s as node %r (store id %d)", settings.clickhouse, settings.node, store_id
+    )
+    return shipper
 
 
 async def serve(
@@ -256,6 +276,10 @@ def run(settings: Settings) -> int:
                 )
             except TruncatedStore as exc:
                 raise StartupError(f"{exc}; restore it from a backup (stepline backup)") from None
+            # Before anything is written: every change from here on is indexed
+            # for the shipper. Without a cluster the index goes, and a later
+            # start with one ships everything again.
+            store.track_changes(settings.clickhouse is not None)
             orphans = runs.crash_orphans(store)
             if orphans:
                 log.info("marked %d runs left running by a previous daemon as crashed", orphans)

@@ -110,7 +110,15 @@ class Barrier:
     """Answered once everything queued before it is committed (shutdown)."""
 
 
-Write = Init | Delete | Purge | Batch | Disconnect | Barrier
+@dataclass(frozen=True)
+class Cursor:
+    """The cluster acknowledged every change through entry ``seq`` (the shipper)."""
+
+    seq: int
+    logged: int
+
+
+Write = Init | Delete | Purge | Batch | Disconnect | Barrier | Cursor
 
 
 def plain_map(value: Any, what: str) -> dict[str, Any]:

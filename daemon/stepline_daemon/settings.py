@@ -10,20 +10,24 @@ from __future__ import annotations
 import argparse
 import grp
 import os
+import re
 from collections.abc import Mapping, Sequence
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
+from socket import gethostname
 from typing import Any
 
 from stepline import paths
 from stepline.protocol import MAX_FRAME_SIZE
 from stepline.rows import MAX_KEYS_PER_ROW
 from stepline_daemon import logs, sdnotify
+from stepline_daemon.cluster.url import BadClusterUrl, ClusterUrl
 
 ENV_PREFIX = "STEPLINE_"
 # The dashboard and JSON API; loopback only (issue: security).
 DEFAULT_HTTP = ("127.0.0.1", 7750)
 _LOOPBACK = ("127.0.0.1", "::1", "localhost")
+_NODE_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 def parse_http(value: str, token: bool = False) -> tuple[str, int] | None:
@@ -86,6 +90,10 @@ class Settings:
     notify_socket: str | None = None
     watchdog: float | None = None
     listen_fd: int | None = None
+    # Where this node replicates its runs (a ClickHouse server's HTTP
+    # interface), and the name its runs carry there. None: the node stands alone.
+    clickhouse: ClusterUrl | None = None
+    node: str = field(default_factory=gethostname)
 
     @classmethod
     def from_args(
@@ -118,6 +126,7 @@ class Settings:
         kw.update(_log_settings(src))
         kw.update(_systemd(env))
         kw.update(_limits(src))
+        kw.update(_cluster(src))
         return cls(**kw)  # type: ignore[arg-type]
 
 
@@ -202,6 +211,15 @@ def parser() -> argparse.ArgumentParser:
         help="text, journal or json (env STEPLINE_LOG_FORMAT; journal when run by systemd)",
     )
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (env STEPLINE_LOG_LEVEL)")
+    p.add_argument(
+        "--clickhouse",
+        metavar="URL",
+        help="replicate into this ClickHouse: http://user:password@host:8123/database "
+        "(env STEPLINE_CLICKHOUSE; default: the node stands alone)",
+    )
+    p.add_argument(
+        "--node", help="this node's name in the cluster (env STEPLINE_NODE; default the host name)"
+    )
     return p
 
 
@@ -262,6 +280,24 @@ def _log_settings(src: _Sources) -> dict[str, object]:
         if level.upper() not in _LOG_LEVELS:
             raise SettingsError(f"log level must be DEBUG, INFO, WARNING or ERROR, got {level!r}")
         kw["log_level"] = level.upper()
+    return kw
+
+
+def _cluster(src: _Sources) -> dict[str, object]:
+    kw: dict[str, object] = {}
+    url = src.pick("clickhouse")
+    if url is not None:
+        try:
+            kw["clickhouse"] = ClusterUrl.parse(url)
+        except BadClusterUrl as exc:
+            raise SettingsError(f"--clickhouse: {exc}") from None
+    node = src.pick("node")
+    if node is not None:
+        if not _NODE_RE.fullmatch(node):
+            raise SettingsError(
+                f"--node {node!r}: 1-64 letters, digits, '.', '_' or '-', as host names are"
+            )
+        kw["node"] = node
     return kw
 
 

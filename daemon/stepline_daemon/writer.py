@@ -23,11 +23,11 @@ import lmdb
 from stepline.errors import DaemonError, RequestError, SeqGap, StorageFull
 from stepline_daemon import replies
 from stepline_daemon.faults import CrashPoints
-from stepline_daemon.messages import Barrier, Batch, Disconnect, Token, Write
+from stepline_daemon.messages import Barrier, Batch, Cursor, Disconnect, Token, Write
 from stepline_daemon.metrics import Metrics
 from stepline_daemon.ops import OPS
 from stepline_daemon.replies import Reply
-from stepline_daemon.store import runs, tokens
+from stepline_daemon.store import changes, runs, tokens
 from stepline_daemon.store.records import Store
 from stepline_daemon.store.tokens import TOKEN_TTL
 
@@ -43,7 +43,7 @@ TOKEN_EXPIRY_EVERY = 3600.0
 
 @dataclass(eq=False)
 class WriteRequest:
-    op: str  # an op of kind WRITE, or "disconnect", or "barrier"
+    op: str  # an op of kind WRITE, or "disconnect", "barrier" or "cursor"
     msg: Write | None  # None only when refused (``refusal``)
     client: str
     reply: ReplyFn | None
@@ -215,6 +215,7 @@ class Writer:
         results: list[tuple[WriteRequest, Reply | None]] = []
         began = time.perf_counter()
         self._rows_in_txn = 0
+        store.begin_changes()
         txn = store.env.begin(write=True)
         try:
             for req in group:
@@ -230,6 +231,7 @@ class Writer:
                     exc.__traceback__ = None
             if any(req.op in OPS and OPS[req.op].savepointed for req in group):
                 self._expire_tokens(txn)
+            store.log_changes(txn)
             txn.commit()
         except BaseException:
             txn.abort()
@@ -272,6 +274,9 @@ class Writer:
             return None
         if isinstance(msg, Barrier):
             return {"op": "barrier"}
+        if isinstance(msg, Cursor):
+            changes.advance(txn, self._store.changes, self._store.meta, msg.seq, msg.logged)
+            return {"op": "ok"}
         token = req.token
         done = None if token is None else tokens.outcome(self._store, txn, req.op, token)
         refusal, req.refusal = req.refusal, None  # no cycle through req

@@ -1,35 +1,34 @@
-"""History rows as ClickHouse's TabSeparated input: pure, no I/O.
+"""Run records and history rows as ClickHouse's TabSeparated input, and back:
+pure, no I/O.
 
-TabSeparated, not JSON: it carries NaN and the infinities, which a metric may
-hold and JSON may not.
+TabSeparated, not JSONEachRow: it carries NaN and the infinities, which a
+metric may hold and JSON may not. Values themselves travel as Python's JSON
+(``NaN``, ``Infinity``), which ``json.loads`` reads back exactly, types and all.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import math
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from stepline_daemon.cluster.schema import (
-    KIND_BOOL,
-    KIND_FLOAT,
-    KIND_INT,
-    KIND_NULL,
-    KIND_STR,
-    KIND_UINT,
-)
+import msgpack
 
-_INT64_MAX = (1 << 63) - 1
+from stepline_daemon.cluster.schema import ROW, timeline
+
 _TSV_ESCAPES = str.maketrans(
     {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r", "\0": "\\0", "\b": "\\b", "\f": "\\f"}
 )
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 def tsv(text: str) -> str:
     return text.translate(_TSV_ESCAPES)
 
 
-def _float(value: float) -> str:
+def _number(value: float) -> str:
     if math.isnan(value):
         return "nan"
     if math.isinf(value):
@@ -37,45 +36,86 @@ def _float(value: float) -> str:
     return repr(value)
 
 
-def value_fields(value: Any) -> tuple[int, str, str, str]:
-    """(kind, f, i, s) of one stored value, as TabSeparated fields."""
+def value_json(value: Any) -> str:
+    """One stored value as JSON text that ``json.loads`` turns back into it."""
     t = type(value)
-    if value is None:
-        return KIND_NULL, "0", "0", ""
-    if t is bool:
-        return KIND_BOOL, "0", "1" if value else "0", ""
     if t is float:
-        return KIND_FLOAT, _float(value), "0", ""
+        return repr(value) if math.isfinite(value) else _dumps(value)
+    if t is bool:
+        return "true" if value else "false"
     if t is int:
-        if value > _INT64_MAX:
-            return KIND_UINT, "0", "0", str(value)
-        return KIND_INT, "0", str(value), ""
+        return str(value)
+    if value is None:
+        return "null"
     if t is str:
-        return KIND_STR, "0", "0", tsv(value)
+        return _dumps(value)
     raise TypeError(f"a history value of type {t.__name__} is not stored")
 
 
 def history_lines(
-    project: str, timeline: str, rows: Iterable[tuple[int, Mapping[str, Any]]]
+    project: str, tl: int, rows: Iterable[tuple[int, Mapping[str, Any]]]
 ) -> Iterator[str]:
-    """One TabSeparated line per (key, step) of ``rows`` ((step, values) pairs)."""
-    head = f"{tsv(project)}\t{tsv(timeline)}\t"
+    """Lines for ``rows`` ((step, values) pairs) of timeline ``tl``: one per
+    value, and one per row holding the whole row."""
+    head = f"{tsv(project)}\t{tl}\t"
     for step, values in rows:
+        parts = []
         for key, value in values.items():
-            kind, f, i, s = value_fields(value)
-            yield f"{head}{tsv(key)}\t{step}\t{kind}\t{f}\t{i}\t{s}\n"
+            text = value_json(value)
+            parts.append(f"{_dumps(key)}:{text}")
+            t = type(value)
+            if t is float or t is int:
+                f, num = _number(value) if t is float else str(float(value)), "1"
+            else:
+                f, num = "0", "0"
+            yield f"{head}{tsv(key)}\t{step}\t{num}\t{f}\t{tsv(text)}\n"
+        whole = "{" + ",".join(parts) + "}"
+        yield f"{head}{ROW}\t{step}\t0\t0\t{tsv(whole)}\n"
 
 
-def decode_value(kind: int, f: float, i: int, s: str) -> Any:
-    """The stored value back from its columns (``kind`` says which)."""
-    if kind == KIND_NULL:
-        return None
-    if kind == KIND_FLOAT:
-        return f
-    if kind == KIND_INT:
-        return i
-    if kind == KIND_BOOL:
-        return bool(i)
-    if kind == KIND_UINT:
-        return int(s)
-    return s
+def packed_history_lines(
+    project: str, tl: int, rows: Iterable[tuple[int, bytes]]
+) -> Iterator[str]:
+    """``history_lines`` for rows as the node stores them (msgpack maps)."""
+    unpack = msgpack.unpackb
+    return history_lines(project, tl, ((step, unpack(blob)) for step, blob in rows))
+
+
+# ------------------------------------------------------------ run records
+
+
+def cluster_record(record: Mapping[str, Any], store_id: int, node: str) -> dict[str, Any]:
+    """A node's run record with every run_no in it made a cluster timeline."""
+    out = dict(record)
+    out["run_no"] = timeline(store_id, record["run_no"])
+    parent = record.get("parent")
+    if parent is not None:
+        out["parent"] = [timeline(store_id, parent[0]), parent[1]]
+    if record.get("archived_by") is not None:
+        out["archived_by"] = timeline(store_id, record["archived_by"])
+    out["node"] = node
+    return out
+
+
+def runs_line(
+    project: str,
+    tl: int,
+    record: Mapping[str, Any] | None,
+    node: str,
+    current: bool,
+    version: int,
+) -> str:
+    """The runs table's line for one timeline; ``record`` None: purged."""
+    if record is None:
+        return f"{tsv(project)}\t{tl}\t\t{tsv(node)}\t0\t2\t0\t\t{version}\n"
+    blob = base64.b64encode(msgpack.packb(record, use_bin_type=True)).decode()
+    deleted = 1 if record.get("deleted") else 0
+    return (
+        f"{tsv(project)}\t{tl}\t{tsv(record['id'])}\t{tsv(node)}\t{int(current)}\t{deleted}\t"
+        f"{_number(float(record['updated']))}\t{blob}\t{version}\n"
+    )
+
+
+def record_of(blob: str) -> dict[str, Any]:
+    out: dict[str, Any] = msgpack.unpackb(base64.b64decode(blob), raw=False)
+    return out

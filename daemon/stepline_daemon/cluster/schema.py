@@ -1,7 +1,7 @@
 """The cluster's tables. Every row's identity is its sort key in a
 ReplacingMergeTree, so a batch inserted twice (a lost reply, a crash between
 the insert and the cursor's move) collapses to one; reads collapse what is not
-merged yet (``FINAL``, or ``argMax`` by version).
+merged yet (``FINAL`` on runs, one line per step on history).
 
 Written for both engines the tests run: Debian's ClickHouse 18.16 (no named
 subqueries, window functions, TTL, CODEC or LowCardinality) and a current one.
@@ -9,51 +9,59 @@ subqueries, window functions, TTL, CODEC or LowCardinality) and a current one.
 
 from __future__ import annotations
 
-# What a history value is, in ``kind``; its value sits in the matching column.
-KIND_NULL, KIND_FLOAT, KIND_INT, KIND_BOOL, KIND_STR, KIND_UINT = range(6)
+# A timeline is a node's run_no made unique across the cluster: the node's store
+# id (random, chosen when its data dir is made) above the run_no. Below 2**53,
+# so JavaScript and JSON readers hold it exactly.
+STORE_BITS = 20
+RUN_BITS = 32
 
+
+def timeline(store_id: int, run_no: int) -> int:
+    return store_id << RUN_BITS | run_no
+
+
+def store_of(timeline_id: int) -> int:
+    return timeline_id >> RUN_BITS
+
+
+# One line per timeline and version: the run record as the node holds it
+# (msgpack, base64), with the columns reads filter on beside it. ``current``:
+# the timeline its id names (not archived by a rewind); ``deleted``: 1 deleted,
+# 2 purged (the record is then empty, the rows unreachable).
 RUNS = """
 CREATE TABLE IF NOT EXISTS {db}.runs (
     project String,
-    timeline String,
+    timeline UInt64,
     id String,
     node String,
-    name String,
-    tags Array(String),
-    parent_timeline String,
-    parent_step Int64,
-    archived_by String,
-    state String,
-    config String,
-    summary String,
-    metrics String,
-    peer String,
-    last_step Int64,
-    rows UInt64,
-    created Float64,
-    updated Float64,
+    current UInt8,
     deleted UInt8,
+    updated Float64,
+    record String,
     version UInt64
 ) ENGINE = ReplacingMergeTree(version)
 ORDER BY (project, timeline)
 """
 
-# Narrow: one row per (timeline, key, step), so one key over a step range is one
-# primary-key range. ``i`` holds ints and bools, ``f`` floats (NaN and the
-# infinities too), ``s`` strings and unsigned values past Int64.
+# Narrow: one line per (timeline, key, step), so one key over a step range is
+# one primary-key range; ``f`` is the value as a number when it is one (for
+# charts' extremes), ``v`` the value as JSON (NaN and the infinities as Python's
+# json spells them). Key '' (no user key is empty) marks each row: its ``v`` is
+# the whole row, so whole-row reads and sampling read one line per step.
 HISTORY = """
 CREATE TABLE IF NOT EXISTS {db}.history (
     project String,
-    timeline String,
+    timeline UInt64,
     key String,
     step UInt64,
-    kind UInt8,
+    num UInt8,
     f Float64,
-    i Int64,
-    s String
+    v String
 ) ENGINE = ReplacingMergeTree
 ORDER BY (project, timeline, key, step)
 """
+
+ROW = ""  # the key of the line that holds a whole row
 
 
 def statements(database: str) -> list[str]:

@@ -125,6 +125,8 @@ def _purge(store: Store, txn: lmdb.Transaction, run_no: int) -> int:
         txn.delete(layout.child_key(rec["parent"][0], run_no), db=store.children)
     layout.delete_prefix(txn, store.children, prefix)
     txn.delete(layout.run_key(run_no), db=store.runs)
+    if store.changed is not None:
+        store.changed.purge(run_no, rec["project"])
     return rows
 
 

@@ -14,7 +14,11 @@ contiguous key range:
 * ``tokens``   a request's idempotency token -> ``{op, req, t, result}``: the
   outcome of a request that changed something, written in the transaction that
   applied it, so a resend after a lost reply is answered with it
-* ``meta``     ``schema``, ``next_run_no``, and ``runs \\0 project`` -> run count
+* ``changes``  ``seq:u64`` -> what one commit changed (runs, row ranges, purges),
+  written in that commit while the node replicates to a cluster; the shipper
+  reads it in order and drops what the cluster acknowledged (see ``changes``)
+* ``meta``     ``schema``, ``next_run_no``, ``store_id``, the change index's
+  counters, and ``runs \\0 project`` -> run count
 
 A fork is a new record whose ``parent`` is ``(parent_no, step)``; a rewind is a
 new run_no for the same id, pointing at the old run_no, with ``names`` moved.
@@ -36,9 +40,19 @@ import lmdb
 import msgpack
 
 SCHEMA_VERSION = 1
-DATABASES = ("history", "runs", "names", "children", "seqs", "snaps", "tokens", "meta")
+DATABASES = (
+    "history",
+    "runs",
+    "names",
+    "children",
+    "seqs",
+    "snaps",
+    "tokens",
+    "changes",
+    "meta",
+)
 # Stores written before request tokens existed lack these; readers must cope.
-OPTIONAL_DATABASES = frozenset({"tokens"})
+OPTIONAL_DATABASES = frozenset({"tokens", "changes"})
 MAX_DBS = 16
 
 U64 = struct.Struct(">Q")

@@ -9,6 +9,9 @@ transaction.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import cast
 
@@ -17,7 +20,8 @@ import msgpack
 
 from stepline.errors import RunNotFound
 from stepline_daemon.names import check_project, check_run_id
-from stepline_daemon.store import layout
+from stepline_daemon.store import changes, layout
+from stepline_daemon.store.changes import ChangeSet
 from stepline_daemon.store.layout import U64, Record
 
 # Small enough that a fork's bounded scan is well under a millisecond; a snapshot
@@ -65,7 +69,12 @@ class Store:
         self.seqs = dbs["seqs"]
         self.snaps = dbs["snaps"]
         self.tokens = dbs["tokens"]
+        self.changes = dbs["changes"]
         self.meta = dbs["meta"]
+        # What the open write transaction changed, while the node replicates to
+        # a cluster (``track_changes``); None otherwise.
+        self.changed: ChangeSet | None = None
+        self.store_id: int | None = None  # this store's id in a cluster, once asked
         if not readonly:
             self._check_schema(path)
 
@@ -83,6 +92,37 @@ class Store:
                     f"this daemon reads {layout.SCHEMA_VERSION}"
                 )
 
+    def track_changes(self, on: bool) -> int:
+        """Keep the change index (``on``: the node replicates) or drop it;
+        returns this store's id in the cluster."""
+        with self.env.begin(write=True) as txn:
+            sid = changes.store_id(txn, self.meta)
+            if on:
+                changes.start(txn, self.changes, self.runs, self.meta)
+            else:
+                changes.stop(txn, self.changes, self.meta)
+        self.changed = ChangeSet() if on else None
+        self.store_id = sid
+        return sid
+
+    def begin_changes(self) -> None:
+        """A write transaction begins: nothing in it changed yet."""
+        if self.changed is not None:
+            self.changed = ChangeSet()
+
+    def log_changes(self, txn: lmdb.Transaction) -> None:
+        """Before commit: index what the transaction changed, in it."""
+        if self.changed:
+            changes.log(txn, self.changes, self.meta, self.changed, time.time())
+
+    @contextmanager
+    def write(self) -> Iterator[lmdb.Transaction]:
+        """A write transaction outside the writer's groups (start-up), indexed."""
+        self.begin_changes()
+        with self.env.begin(write=True) as txn:
+            yield txn
+            self.log_changes(txn)
+
     def close(self) -> None:
         self.env.close()
 
@@ -95,6 +135,8 @@ class Store:
 
     def put_record(self, txn: lmdb.Transaction, rec: Record) -> None:
         txn.put(layout.run_key(rec["run_no"]), layout.pack(rec), db=self.runs)
+        if self.changed is not None:
+            self.changed.record(rec["run_no"], rec["project"])
 
     def lookup(self, txn: lmdb.Transaction, project: str, run_id: str) -> Record | None:
         raw = txn.get(layout.name_key(project, run_id), db=self.names)

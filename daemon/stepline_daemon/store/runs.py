@@ -291,6 +291,8 @@ def append(
         [(key(run_no, step), blob) for (step, _), blob in zip(rows, packed, strict=True)]
     )
     _fold_stats(store, txn, rec, rows, chunks)
+    if rows and store.changed is not None:
+        store.changed.appended(run_no, rows[0][0], rows[-1][0], len(rows))
     if rows:
         rec["last_step"] = rows[-1][0]
         rec["rows"] += len(rows)
@@ -345,9 +347,9 @@ def crash_orphans(store: Store) -> int:
     connection with it. Mark them crashed; a client that is alive and writes
     again re-attaches. Returns how many were marked."""
     n = 0
-    with store.env.begin(write=True) as txn:
+    with store.write() as txn:
         for _, raw in txn.cursor(db=store.runs):
-            rec: Record = layout.unpack(raw)
+            rec: Record = layout.unpack(cast(bytes, raw))
             if rec["state"] == State.RUNNING:
                 rec["state"] = transition(rec["state"], Event.DISCONNECT)
                 store.put_record(txn, rec)

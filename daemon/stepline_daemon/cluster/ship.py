@@ -1,0 +1,161 @@
+"""What the shipper sends: pending change entries made into ClickHouse inserts.
+
+Blocking and on the shipper's thread. Each read of the store is a short read
+transaction (taken under the resize gate), never held across a network call, so
+a slow ClickHouse never holds back the writer.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+
+import lmdb
+
+from stepline_daemon.cluster import encode
+from stepline_daemon.cluster.schema import RUN_BITS, timeline
+from stepline_daemon.store import changes, history
+from stepline_daemon.store.history import Segment
+from stepline_daemon.store.records import Store
+
+# Rows (steps) of change entries one batch takes, however many entries that is;
+# the first entry always goes, whatever its size.
+BATCH_ROWS = 50_000
+# Lines of one INSERT: a few MiB of TabSeparated text.
+CHUNK_LINES = 100_000
+
+
+@dataclass
+class Plan:
+    """What a run of pending entries asks to ship, merged."""
+
+    last: int  # the last entry's seq: the cursor after
+    logged: int  # rows logged through it
+    rows: dict[int, list[int]] = field(default_factory=dict)  # run_no -> [lo, hi]
+    runs: dict[int, str] = field(default_factory=dict)  # run_no -> project
+    purged: dict[int, str] = field(default_factory=dict)
+    full: bool = False
+    count: int = 0  # rows, as the entries counted them
+
+
+def plan(entries: Iterator[changes.Entry], max_rows: int = BATCH_ROWS) -> Plan | None:
+    """Merge pending entries, oldest first, until ``max_rows`` rows."""
+    out: Plan | None = None
+    for e in entries:
+        rows = sum(span[3] for span in e.rows)
+        if out is not None and (out.count + rows > max_rows or e.full):
+            break
+        if out is None:
+            out = Plan(e.seq, e.logged)
+        out.last, out.logged, out.count = e.seq, e.logged, out.count + rows
+        out.full = out.full or e.full
+        for run_no, lo, hi, _ in e.rows:
+            span = out.rows.get(run_no)
+            out.rows[run_no] = [lo, hi] if span is None else [min(span[0], lo), max(span[1], hi)]
+        out.runs.update(e.runs)
+        out.purged.update(e.purged)
+        if e.full:
+            break  # alone: it may be the whole store
+    return out
+
+
+Snapshot = Callable[[], AbstractContextManager[lmdb.Transaction]]
+
+
+class Builder:
+    """Turns a :class:`Plan` into INSERT bodies, reading the store in short
+    transactions (``snapshot`` opens one)."""
+
+    def __init__(self, store: Store, snapshot: Snapshot, store_id: int, node: str) -> None:
+        self.store = store
+        self.snapshot = snapshot
+        self.store_id = store_id
+        self.node = node
+
+    def history_chunks(self, p: Plan) -> Iterator[tuple[bytes, int]]:
+        """INSERT bodies of every row range in ``p``, and how many rows each holds."""
+        for run_no, (lo, hi) in sorted(p.rows.items()):
+            start = lo
+            while start <= hi:
+                with self.snapshot() as txn:
+                    chunk, rows, start = self._chunk(txn, run_no, start, hi)
+                if chunk:
+                    yield chunk, rows
+
+    def _chunk(
+        self, txn: lmdb.Transaction, run_no: int, start: int, hi: int
+    ) -> tuple[bytes, int, int]:
+        """Lines for rows of ``run_no`` from ``start``: about CHUNK_LINES of them;
+        and where the next chunk starts (past ``hi``: done)."""
+        try:
+            rec = self.store.record(txn, run_no)
+        except Exception:  # purged since, or never committed: nothing to ship
+            return b"", 0, hi + 1
+        tl = timeline(self.store_id, run_no)
+        lines: list[str] = []
+        rows = 0
+        nxt = hi + 1
+        for step, blob in history.iter_rows(self.store, txn, [Segment(run_no, start, hi)]):
+            if len(lines) >= CHUNK_LINES:
+                nxt = step
+                break
+            lines.extend(encode.packed_history_lines(rec["project"], tl, [(step, blob)]))
+            rows += 1
+        return "".join(lines).encode(), rows, nxt
+
+    def runs_body(self, p: Plan, version: int, gone: dict[int, str]) -> bytes:
+        """The runs table's lines for every timeline ``p`` touched; ``gone``:
+        timelines the cluster holds that the store no longer does (purged)."""
+        lines = []
+        wanted = {**p.runs, **p.purged}
+        for run_no in p.rows:
+            wanted.setdefault(run_no, "")
+        with self.snapshot() as txn:
+            for run_no, project in sorted(wanted.items()):
+                lines.append(self._runs_line(txn, run_no, project, version))
+        for tl, project in sorted(gone.items()):
+            lines.append(encode.runs_line(project, tl, None, self.node, False, version))
+        return "".join(line for line in lines if line).encode()
+
+    def _runs_line(self, txn: lmdb.Transaction, run_no: int, project: str, version: int) -> str:
+        tl = timeline(self.store_id, run_no)
+        try:
+            rec = self.store.record(txn, run_no)
+        except Exception:
+            if not project:
+                return ""  # rows of a timeline never committed: nothing to say
+            return encode.runs_line(project, tl, None, self.node, False, version)
+        named = self.store.lookup(txn, rec["project"], rec["id"])
+        current = named is not None and named["run_no"] == run_no and not rec.get("deleted")
+        record = encode.cluster_record(rec, self.store_id, self.node)
+        return encode.runs_line(rec["project"], tl, record, self.node, current, version)
+
+    def held(self) -> set[int]:
+        """Timelines the store holds (for a full entry: the rest were purged)."""
+        with self.snapshot() as txn:
+            cur = txn.cursor(db=self.store.runs)
+            return {
+                timeline(self.store_id, int.from_bytes(k, "big"))
+                for k in cur.iternext(keys=True, values=False)
+            }
+
+
+def own_range(store_id: int) -> tuple[int, int]:
+    """The timelines this store's ids map to: ``[lo, hi)``."""
+    return store_id << RUN_BITS, (store_id + 1) << RUN_BITS
+
+
+def batched(items: Iterator[tuple[bytes, int]], limit: int) -> Iterator[tuple[bytes, int]]:
+    """Join small bodies up to ``limit`` bytes: fewer, larger inserts (parts)."""
+    buf: list[bytes] = []
+    size = rows = 0
+    for body, n in itertools.chain(items, [(b"", 0)]):
+        if body and size + len(body) <= limit:
+            buf.append(body)
+            size, rows = size + len(body), rows + n
+            continue
+        if buf:
+            yield b"".join(buf), rows
+        buf, size, rows = ([body], len(body), n) if body else ([], 0, 0)
