@@ -10,6 +10,7 @@ from typing import Any
 
 from stepline import paths
 from stepline.channel import Channel, Retry
+from stepline.cluster import ClusterChannel
 from stepline.errors import DaemonUnavailable, UsageError
 from stepline.protocol import new_token
 
@@ -23,10 +24,20 @@ class Api:
     only then does it raise :class:`~stepline.DaemonUnavailable`.
     """
 
-    def __init__(self, socket: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self,
+        socket: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        clickhouse: str | None = None,
+    ) -> None:
+        """``clickhouse``: read the cluster store every node replicates into
+        (``http://user:password@host:8123/database``) instead of this node's daemon.
+        The same calls, the same answers; each run also names its ``node``, and
+        ``run_no`` is a timeline id unique across the cluster. Read-only."""
         self._path = paths.resolve_socket(socket)
         self._timeout = timeout
         self._chan: Channel | None = None
+        self._cluster = None if clickhouse is None else ClusterChannel(clickhouse, timeout)
         self._lock = threading.Lock()
 
     def _call(self, msg: dict[str, Any]) -> Any:
@@ -38,6 +49,8 @@ class Api:
                 retry.pause(exc)
 
     def _attempt(self, msg: dict[str, Any], retry: Retry) -> Any:
+        if self._cluster is not None:
+            return self._cluster.request(msg, retry.left())
         with self._lock:
             try:
                 if self._chan is not None and self._chan.broken():
@@ -55,8 +68,11 @@ class Api:
             self._chan = None
 
     @contextlib.contextmanager
-    def _reader(self, retry: Retry) -> Iterator[Channel]:
+    def _reader(self, retry: Retry) -> Iterator[Channel | ClusterChannel]:
         """A connection of its own for a long scan, so other calls need not wait."""
+        if self._cluster is not None:
+            yield self._cluster
+            return
         chan = Channel(self._path, retry.left())
         try:
             yield chan

@@ -12,6 +12,7 @@ USAGE = """usage: stepline COMMAND [ARGS]
 
 commands:
   daemon    run the daemon in the foreground (stepline daemon --help)
+  serve     the HTTP API and dashboard over the cluster store (stepline serve --clickhouse URL)
   sync      deliver runs recorded with mode="offline" (stepline sync [--socket P] [FILE...])
   runs      list the projects, or a project's runs (stepline runs [--project P])
   show      one run: state, lineage, rewinds, config, summary (stepline show PROJECT/RUN_ID)
@@ -25,8 +26,9 @@ commands:
   check     verify a store's files; exit 1 on a problem (stepline check [--data-dir DIR])
   systemd   write the systemd units (stepline systemd install [--user])
 
-Every command but daemon takes --socket PATH (default: $STEPLINE_SOCKET, else
-$XDG_RUNTIME_DIR/stepline.sock). COMMAND --help shows its options.
+Every command but daemon and serve takes --socket PATH (default: $STEPLINE_SOCKET,
+else $XDG_RUNTIME_DIR/stepline.sock); runs, show, tree, history and export take
+--clickhouse URL to read the cluster store instead. COMMAND --help shows its options.
 """
 
 # The module in stepline.commands that holds each command. main() imports only
@@ -54,18 +56,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(USAGE, end="")
         return 0 if args else 2
     cmd, rest = args[0], args[1:]
-    if cmd == "daemon":
-        return _daemon(rest)
+    if cmd in ("daemon", "serve"):
+        main = daemon_main(cmd, "main" if cmd == "daemon" else "cluster.serve")
+        return 1 if main is None else main(rest)
     if cmd not in MODULES:
         print(f"stepline: unknown command {cmd!r}\n{USAGE}", file=sys.stderr, end="")
         return 2
     command: Command = importlib.import_module(f"stepline.commands.{MODULES[cmd]}").COMMANDS[cmd]
     return command(rest)
-
-
-def _daemon(argv: list[str]) -> int:
-    main = daemon_main("daemon", "main")
-    return 1 if main is None else main(argv)
 
 
 if __name__ == "__main__":

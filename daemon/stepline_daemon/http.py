@@ -14,16 +14,14 @@ import asyncio
 import contextlib
 import hmac
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
 from stepline.errors import DaemonError, Error, RequestError, RunNotFound
 from stepline_daemon import openapi, render
-from stepline_daemon.hub import Hub
 from stepline_daemon.render import dumps
 
 log = logging.getLogger("stepline.http")
@@ -185,8 +183,24 @@ def _sse(event: str, data: bytes, event_id: int | None = None) -> bytes:
 # ------------------------------------------------------------------ the app
 
 
+class Source(Protocol):
+    """What the routes read from: a node's :class:`~stepline_daemon.hub.Hub`, or
+    the cluster store (``cluster.serving.ClusterSource``)."""
+
+    @property
+    def http_token(self) -> str | None: ...
+
+    async def read(self, op: str, msg: dict[str, Any], spec: render.Spec = ("json",)) -> Any: ...
+
+    def watch(self, run_no: int) -> contextlib.AbstractContextManager[asyncio.Event]: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+    def metrics_text(self, streams: int) -> str: ...
+
+
 class Http:
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: Source) -> None:
         self.hub = hub
         self.runner: web.AppRunner | None = None
         self.url: str | None = None
@@ -197,9 +211,7 @@ class Http:
 
     def app(self) -> web.Application:
         guards = (
-            [_loopback_host]
-            if self.hub.settings.http_token is None
-            else [_token_guard(self.hub.settings.http_token)]
+            [_loopback_host] if self.hub.http_token is None else [_token_guard(self.hub.http_token)]
         )
         app = web.Application(middlewares=[*guards, _errors])
         r = app.router
@@ -210,6 +222,7 @@ class Http:
         r.add_get("/api/projects/{project}/runs/{run}", self.run)
         r.add_get("/api/projects/{project}/runs/{run}/history", self.history)
         r.add_get("/api/projects/{project}/runs/{run}/stream", self.stream)
+        r.add_get("/api/status", self.status)
         r.add_get("/metrics", self.metrics)
         r.add_get("/", self.index)
         if STATIC.is_dir():
@@ -393,33 +406,15 @@ class Http:
                 await asyncio.sleep(STREAM_COALESCE)
 
     async def metrics(self, request: web.Request) -> web.Response:
-        """Prometheus text format: counters from the writer, gauges from the hub."""
-        hub = self.hub
-        info = hub.store.env.info()
-        stat = hub.store.env.stat()
-        gauges = {
-            "clients": ("Connected socket clients.", len(hub.connections)),
-            "queued_requests": ("Write requests waiting for the writer.", hub.writer.queued),
-            "queued_bytes": ("Frame bytes queued for the writer.", hub.queued_bytes),
-            "live_streams": ("Open HTTP live streams.", len(self._streams)),
-            "lmdb_map_bytes": ("LMDB map size.", info["map_size"]),
-            "lmdb_used_bytes": (
-                "LMDB pages in use, in bytes.",
-                (info["last_pgno"] + 1) * stat["psize"],
-            ),
-            "writer_healthy": (
-                "1 while the writer thread is alive and not stuck.",
-                0 + hub.writer.healthy(30.0),
-            ),
-            "uptime_seconds": (
-                "Seconds since the daemon started.",
-                time.time() - hub.writer.metrics.started,
-            ),
-        }
+        """Prometheus text format, from the store's front (a node's hub or the cluster)."""
         return web.Response(
-            body=hub.writer.metrics.render(gauges).encode(),
+            body=self.hub.metrics_text(len(self._streams)).encode(),
             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
         )
+
+    async def status(self, request: web.Request) -> web.Response:
+        """What the dashboard's header shows: which store, and replication lag."""
+        return _json(dumps(self.hub.status()))
 
     async def index(self, request: web.Request) -> web.StreamResponse:
         page = STATIC / "index.html"

@@ -205,6 +205,8 @@ class Hub:
         return {
             "pid": os.getpid(),
             "version": __version__,
+            "store": "node",
+            "node": self.settings.node,
             "protocol": protocol.PROTOCOL_VERSION,
             "started": m.started,
             "uptime": time.time() - m.started,
@@ -225,6 +227,53 @@ class Hub:
             else 0,
             "cluster": None if self.shipper is None else self.shipper.status(),
         }
+
+    @property
+    def http_token(self) -> str | None:
+        return self.settings.http_token
+
+    def metrics_text(self, streams: int) -> str:
+        """``/metrics``: the writer's counters, and gauges of the moment."""
+        info = self.store.env.info()
+        stat = self.store.env.stat()
+        gauges = {
+            "clients": ("Connected socket clients.", len(self.connections)),
+            "queued_requests": ("Write requests waiting for the writer.", self.writer.queued),
+            "queued_bytes": ("Frame bytes queued for the writer.", self.queued_bytes),
+            "live_streams": ("Open HTTP live streams.", streams),
+            "lmdb_map_bytes": ("LMDB map size.", info["map_size"]),
+            "lmdb_used_bytes": (
+                "LMDB pages in use, in bytes.",
+                (info["last_pgno"] + 1) * stat["psize"],
+            ),
+            "writer_healthy": (
+                "1 while the writer thread is alive and not stuck.",
+                0 + self.writer.healthy(30.0),
+            ),
+            "uptime_seconds": (
+                "Seconds since the daemon started.",
+                time.time() - self.writer.metrics.started,
+            ),
+        }
+        if self.shipper is not None:
+            p = self.shipper.progress
+            gauges["replication_lag_rows"] = (
+                "Rows committed here and not yet acknowledged by the cluster.",
+                p.lag_rows,
+            )
+            gauges["replication_lag_seconds"] = (
+                "Age of the oldest change not yet acknowledged by the cluster.",
+                p.lag_seconds,
+            )
+            gauges["replication_shipped_rows"] = (
+                "Rows the cluster acknowledged since the daemon started.",
+                p.shipped_rows,
+            )
+            gauges["replication_failures"] = (
+                "Shipping rounds that failed since the daemon started.",
+                p.failures,
+            )
+        return self.writer.metrics.render(gauges)
 
     async def shutdown(self) -> None:
         """Stop reading, commit and answer everything queued (with a deadline),

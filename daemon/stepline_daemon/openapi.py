@@ -173,6 +173,20 @@ SPEC: dict[str, Any] = {
                 },
             }
         },
+        "/api/status": {
+            "get": {
+                "summary": "Which store this serves (a node's, or the cluster's), and for a "
+                "node that replicates, its replication lag.",
+                "responses": {
+                    "200": {
+                        "description": "store: node or cluster; cluster: the replication "
+                        "status (url, node, lag_rows, lag_seconds, connected, last_error) "
+                        "or null",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    }
+                },
+            }
+        },
         "/api/openapi.json": {
             "get": {
                 "summary": "This description.",

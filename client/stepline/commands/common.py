@@ -67,10 +67,20 @@ def fail(message: str) -> int:
     return 1
 
 
-def parser(command: str, description: str, timeout: float = TIMEOUT) -> argparse.ArgumentParser:
-    """A command's parser, with the ``--socket`` and ``--timeout`` every one takes."""
+def parser(
+    command: str, description: str, timeout: float = TIMEOUT, reads: bool = False
+) -> argparse.ArgumentParser:
+    """A command's parser, with the ``--socket`` and ``--timeout`` every one takes;
+    ``reads``: also ``--clickhouse``, to read the cluster store instead."""
     ap = argparse.ArgumentParser(prog=f"stepline {command}", description=description)
     ap.add_argument("--socket", help="daemon socket (env STEPLINE_SOCKET; default XDG)")
+    if reads:
+        ap.add_argument(
+            "--clickhouse",
+            metavar="URL",
+            help="read the cluster store every node replicates into "
+            "(http://user:password@host:8123/database), not this node's daemon",
+        )
     ap.add_argument(
         "--timeout",
         type=float,
@@ -125,7 +135,9 @@ def width() -> int | None:
 
 def open_api(args: argparse.Namespace) -> Api:
     """An Api on the parsed ``--socket``, waiting up to ``--timeout``."""
-    return Api(socket=args.socket, timeout=args.timeout)
+    return Api(
+        socket=args.socket, timeout=args.timeout, clickhouse=getattr(args, "clickhouse", None)
+    )
 
 
 def print_lines(lines: Iterable[str]) -> None:

@@ -54,6 +54,7 @@ def _history_parser() -> argparse.ArgumentParser:
     ap = parser(
         "history",
         "A run's history, fork-resolved: every row (streamed), or --samples of them.",
+        reads=True,
     )
     add_run(ap)
     ap.add_argument("--keys", type=key_list, help="k1,k2: only rows holding all of them (W&B)")
@@ -228,6 +229,7 @@ def _export_parser() -> argparse.ArgumentParser:
     ap = parser(
         "export",
         "A run's whole history, fork-resolved, to a file: `_step` and a column per key.",
+        reads=True,
     )
     add_run(ap)
     ap.add_argument("--format", choices=("csv", "parquet"), default="csv", help="default csv")

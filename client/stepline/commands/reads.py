@@ -23,7 +23,9 @@ from stepline.commands.common import (
 
 
 def runs(argv: list[str]) -> int:
-    ap = parser("runs", "List the projects (with run counts), or the runs of one project.")
+    ap = parser(
+        "runs", "List the projects (with run counts), or the runs of one project.", reads=True
+    )
     ap.add_argument("--project", "-p", help="list this project's runs")
     args = ap.parse_args(argv)
     api = open_api(args)
@@ -84,7 +86,9 @@ def _run_row(r: ApiRun, named: bool) -> list[str]:
 
 
 def show(argv: list[str]) -> int:
-    ap = parser("show", "One run: state, steps, times, lineage, rewinds, config, summary.")
+    ap = parser(
+        "show", "One run: state, steps, times, lineage, rewinds, config, summary.", reads=True
+    )
     add_run(ap)
     args = ap.parse_args(argv)
     api = open_api(args)
@@ -194,6 +198,7 @@ def fork_tree(argv: list[str]) -> int:
         "tree",
         "The fork tree a run belongs to, from its root ancestor down; "
         "the run asked for is marked *, each branch shows its fork step.",
+        reads=True,
     )
     add_run(ap)
     args = ap.parse_args(argv)

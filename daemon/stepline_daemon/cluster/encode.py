@@ -73,9 +73,7 @@ def history_lines(
         yield f"{head}{ROW}\t{step}\t0\t0\t{tsv(whole)}\n"
 
 
-def packed_history_lines(
-    project: str, tl: int, rows: Iterable[tuple[int, bytes]]
-) -> Iterator[str]:
+def packed_history_lines(project: str, tl: int, rows: Iterable[tuple[int, bytes]]) -> Iterator[str]:
     """``history_lines`` for rows as the node stores them (msgpack maps)."""
     unpack = msgpack.unpackb
     return history_lines(project, tl, ((step, unpack(blob)) for step, blob in rows))
