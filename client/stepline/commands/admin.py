@@ -23,6 +23,15 @@ def _duration(seconds: float) -> str:
     return str(datetime.timedelta(seconds=int(seconds)))
 
 
+def _cluster_line(c: dict[str, object] | None) -> str:
+    """Replication, in one line: where to, and how far behind."""
+    if not c:
+        return "off (this node stands alone)"
+    lag = f"lag {c['lag_rows']:,} rows, {c['lag_seconds']:.1f} s"
+    health = "connected" if c["connected"] else f"NOT REACHED ({c['last_error'] or 'not yet'})"
+    return f"{c['url']} as node {c['node']}: {health}; {lag}"
+
+
 def status(argv: list[str]) -> int:
     """Exit 0 with a report when a daemon answers; 1 when none does."""
     ap = parser("status", "Report the running daemon; exit non-zero when none answers.", timeout=5)
@@ -54,6 +63,7 @@ def status(argv: list[str]) -> int:
         ("writer", "healthy" if s["writer_healthy"] else "STUCK"),
         ("read workers", str(s.get("read_workers", 0))),
         ("errors", errors),
+        ("cluster", _cluster_line(s.get("cluster"))),
     ]
     width = max(len(k) for k, _ in lines)
     for key, value in lines:

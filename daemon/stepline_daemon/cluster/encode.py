@@ -53,11 +53,13 @@ def value_json(value: Any) -> str:
 
 
 def history_lines(
-    project: str, tl: int, rows: Iterable[tuple[int, Mapping[str, Any]]]
+    project: str, tl: int, rows: Iterable[tuple[int, Mapping[str, Any]]], root: int | None = None
 ) -> Iterator[str]:
     """Lines for ``rows`` ((step, values) pairs) of timeline ``tl``: one per
-    value, and one per row holding the whole row."""
+    value, and one per row holding the whole row. ``root``: the root timeline
+    of ``tl``'s fork tree (``tl`` itself by default)."""
     head = f"{tsv(project)}\t{tl}\t"
+    tail = f"\t{tl if root is None else root}\n"
     for step, values in rows:
         parts = []
         for key, value in values.items():
@@ -68,15 +70,17 @@ def history_lines(
                 f, num = _number(value) if t is float else str(float(value)), "1"
             else:
                 f, num = "0", "0"
-            yield f"{head}{tsv(key)}\t{step}\t{num}\t{f}\t{tsv(text)}\n"
+            yield f"{head}{tsv(key)}\t{step}\t{num}\t{f}\t{tsv(text)}{tail}"
         whole = "{" + ",".join(parts) + "}"
-        yield f"{head}{ROW}\t{step}\t0\t0\t{tsv(whole)}\n"
+        yield f"{head}{ROW}\t{step}\t0\t0\t{tsv(whole)}{tail}"
 
 
-def packed_history_lines(project: str, tl: int, rows: Iterable[tuple[int, bytes]]) -> Iterator[str]:
+def packed_history_lines(
+    project: str, tl: int, rows: Iterable[tuple[int, bytes]], root: int | None = None
+) -> Iterator[str]:
     """``history_lines`` for rows as the node stores them (msgpack maps)."""
     unpack = msgpack.unpackb
-    return history_lines(project, tl, ((step, unpack(blob)) for step, blob in rows))
+    return history_lines(project, tl, ((step, unpack(blob)) for step, blob in rows), root)
 
 
 # ------------------------------------------------------------ run records
@@ -102,15 +106,18 @@ def runs_line(
     node: str,
     current: bool,
     version: int,
+    root: int | None = None,
 ) -> str:
-    """The runs table's line for one timeline; ``record`` None: purged."""
+    """The runs table's line for one timeline; ``record`` None: purged.
+    ``root``: the root timeline of its fork tree (``tl`` itself by default)."""
+    root = tl if root is None else root
     if record is None:
-        return f"{tsv(project)}\t{tl}\t\t{tsv(node)}\t0\t2\t0\t\t{version}\n"
+        return f"{tsv(project)}\t{tl}\t\t{tsv(node)}\t0\t2\t0\t\t{version}\t{root}\n"
     blob = base64.b64encode(msgpack.packb(record, use_bin_type=True)).decode()
     deleted = 1 if record.get("deleted") else 0
     return (
         f"{tsv(project)}\t{tl}\t{tsv(record['id'])}\t{tsv(node)}\t{int(current)}\t{deleted}\t"
-        f"{_number(float(record['updated']))}\t{blob}\t{version}\n"
+        f"{_number(float(record['updated']))}\t{blob}\t{version}\t{root}\n"
     )
 
 

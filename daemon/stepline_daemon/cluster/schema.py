@@ -24,6 +24,10 @@ def store_of(timeline_id: int) -> int:
     return timeline_id >> RUN_BITS
 
 
+# ``root`` in both tables: the root timeline of the fork tree a timeline belongs
+# to, the sharding key behind a Distributed table, so that a tree (and every
+# duplicate of a line) lives on one shard and FINAL collapses it there.
+
 # One line per timeline and version: the run record as the node holds it
 # (msgpack, base64), with the columns reads filter on beside it. ``current``:
 # the timeline its id names (not archived by a rewind); ``deleted``: 1 deleted,
@@ -38,7 +42,8 @@ CREATE TABLE IF NOT EXISTS {db}.runs (
     deleted UInt8,
     updated Float64,
     record String,
-    version UInt64
+    version UInt64,
+    root UInt64
 ) ENGINE = ReplacingMergeTree(version)
 ORDER BY (project, timeline)
 """
@@ -56,7 +61,8 @@ CREATE TABLE IF NOT EXISTS {db}.history (
     step UInt64,
     num UInt8,
     f Float64,
-    v String
+    v String,
+    root UInt64
 ) ENGINE = ReplacingMergeTree
 ORDER BY (project, timeline, key, step)
 """

@@ -11,6 +11,7 @@ import itertools
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from typing import Any
 
 import lmdb
 
@@ -73,6 +74,19 @@ class Builder:
         self.snapshot = snapshot
         self.store_id = store_id
         self.node = node
+        self._roots: dict[int, int] = {}  # run_no -> its tree's root run_no (never changes)
+
+    def root(self, txn: lmdb.Transaction, rec: dict[str, Any]) -> int:
+        """The timeline of the root of ``rec``'s fork tree: the sharding key."""
+        run_no: int = rec["run_no"]
+        found = self._roots.get(run_no)
+        if found is None:
+            found, parent = run_no, rec["parent"]
+            while parent is not None:
+                found = parent[0]
+                parent = self.store.record(txn, found)["parent"]
+            self._roots[run_no] = found
+        return timeline(self.store_id, found)
 
     def history_chunks(self, p: Plan) -> Iterator[tuple[bytes, int]]:
         """INSERT bodies of every row range in ``p``, and how many rows each holds."""
@@ -94,6 +108,7 @@ class Builder:
         except Exception:  # purged since, or never committed: nothing to ship
             return b"", 0, hi + 1
         tl = timeline(self.store_id, run_no)
+        root = self.root(txn, rec)
         lines: list[str] = []
         rows = 0
         nxt = hi + 1
@@ -101,36 +116,40 @@ class Builder:
             if len(lines) >= CHUNK_LINES:
                 nxt = step
                 break
-            lines.extend(encode.packed_history_lines(rec["project"], tl, [(step, blob)]))
+            lines.extend(encode.packed_history_lines(rec["project"], tl, [(step, blob)], root))
             rows += 1
         return "".join(lines).encode(), rows, nxt
 
-    def runs_body(self, p: Plan, version: int, gone: dict[int, str]) -> bytes:
-        """The runs table's lines for every timeline ``p`` touched; ``gone``:
-        timelines the cluster holds that the store no longer does (purged)."""
+    def runs_body(
+        self, p: Plan, version: int, gone: Callable[[set[int]], dict[int, tuple[str, int]]]
+    ) -> bytes:
+        """The runs table's lines for every timeline ``p`` touched. ``gone``
+        tells, of timelines the store no longer holds, which the cluster does
+        (with their project and root): those get a tombstone."""
         lines = []
+        missing: set[int] = set()
         wanted = {**p.runs, **p.purged}
         for run_no in p.rows:
             wanted.setdefault(run_no, "")
         with self.snapshot() as txn:
-            for run_no, project in sorted(wanted.items()):
-                lines.append(self._runs_line(txn, run_no, project, version))
-        for tl, project in sorted(gone.items()):
-            lines.append(encode.runs_line(project, tl, None, self.node, False, version))
-        return "".join(line for line in lines if line).encode()
+            for run_no in sorted(wanted):
+                try:
+                    rec = self.store.record(txn, run_no)
+                except Exception:  # purged (or a refused init's number): no record
+                    missing.add(timeline(self.store_id, run_no))
+                    continue
+                lines.append(self._runs_line(txn, rec, version))
+        for tl, (project, root) in sorted(gone(missing).items()):
+            lines.append(encode.runs_line(project, tl, None, self.node, False, version, root))
+        return "".join(lines).encode()
 
-    def _runs_line(self, txn: lmdb.Transaction, run_no: int, project: str, version: int) -> str:
-        tl = timeline(self.store_id, run_no)
-        try:
-            rec = self.store.record(txn, run_no)
-        except Exception:
-            if not project:
-                return ""  # rows of a timeline never committed: nothing to say
-            return encode.runs_line(project, tl, None, self.node, False, version)
+    def _runs_line(self, txn: lmdb.Transaction, rec: dict[str, Any], version: int) -> str:
+        run_no = rec["run_no"]
         named = self.store.lookup(txn, rec["project"], rec["id"])
         current = named is not None and named["run_no"] == run_no and not rec.get("deleted")
         record = encode.cluster_record(rec, self.store_id, self.node)
-        return encode.runs_line(rec["project"], tl, record, self.node, current, version)
+        tl, root = timeline(self.store_id, run_no), self.root(txn, rec)
+        return encode.runs_line(rec["project"], tl, record, self.node, current, version, root)
 
     def held(self) -> set[int]:
         """Timelines the store holds (for a full entry: the rest were purged)."""

@@ -200,8 +200,7 @@ class Shipper:
             if first and self.crash:
                 self.crash.reached("receive", "ship")  # mid-batch: rows in, records not
             first = False
-        gone = self._purged_elsewhere() if p.full else {}
-        body = self.builder.runs_body(p, version, gone)
+        body = self.builder.runs_body(p, version, lambda missing: self._gone(missing, p.full))
         if body:
             self.client.execute(f"INSERT INTO {db}.runs FORMAT TabSeparated", body)
             self.progress.inserts += 1
@@ -211,16 +210,25 @@ class Shipper:
         self.progress.last_ok = time.time()
         return p
 
-    def _purged_elsewhere(self) -> dict[int, str]:
-        """Timelines of this store the cluster has and the store no longer does:
-        purged while the node did not replicate."""
+    def _gone(self, missing: set[int], full: bool) -> dict[int, tuple[str, int]]:
+        """Of timelines the store no longer holds, those the cluster still shows,
+        with their project and root (a tombstone must land on the same shard).
+        ``full``: all of this store's timelines the cluster shows that the store
+        lacks (purged while the node did not replicate)."""
+        if not missing and not full:
+            return {}
         lo, hi = ship.own_range(self.store_id)
+        if full:
+            held = self.builder.held()
+            where = f"timeline >= {lo} AND timeline < {hi}"
+        else:
+            held = set()
+            where = f"timeline IN ({', '.join(map(str, sorted(missing)))})"
         rows = self.client.query(
-            f"SELECT timeline, project FROM {self.url.database}.runs FINAL "
-            f"WHERE timeline >= {lo} AND timeline < {hi} AND deleted < 2"
+            f"SELECT timeline, project, root FROM {self.url.database}.runs FINAL "
+            f"WHERE {where} AND deleted < 2"
         )
-        held = self.builder.held()
-        return {int(tl): project for tl, project in rows if int(tl) not in held}
+        return {int(tl): (pr, int(root)) for tl, pr, root in rows if int(tl) not in held}
 
     def _refresh_lag(self) -> None:
         try:

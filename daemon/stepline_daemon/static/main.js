@@ -7,8 +7,10 @@
 
 import { parseJSON } from "./json.js";
 import { route } from "./router.js";
+import { watchStore } from "./store-badge.js";
 
 window.__charts = {};
 window.__stepline = { parseJSON };
 window.addEventListener("hashchange", route);
 route();
+watchStore();

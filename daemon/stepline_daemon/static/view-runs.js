@@ -30,6 +30,10 @@ export async function runsView(ctx, project) {
   const columns = [
     { key: "id", label: "Run", value: (r) => r.id, cell: (r) => runCell(project, r) },
     { key: "state", label: "State", value: (r) => r.state, cell: (r) => stateBadge(r.state) },
+    // Only the cluster store knows which node each run was logged on.
+    ...(runs.some((r) => r.node)
+      ? [{ key: "node", label: "Node", value: (r) => r.node ?? "", cell: (r) => r.node ?? "" }]
+      : []),
     { key: "tags", label: "Tags", value: (r) => (r.tags ?? []).join(","), cell: (r) => tagChips(r.tags) },
     { key: "parent", label: "Parent", value: (r) => r.parent?.id ?? "", cell: (r) => parentCell(project, r) },
     {
