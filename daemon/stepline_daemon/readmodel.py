@@ -53,6 +53,33 @@ class RowQuery:
     require_all: bool = True
 
 
+def select_values(
+    values: dict[str, Any], step: int, keys: list[str] | None, require_all: bool = True
+) -> dict[str, Any] | None:
+    """A stored row (``values`` at ``step``) as users see it, or None when it
+    does not qualify for ``keys`` (see :class:`RowQuery`): every store's rule.
+
+    With ``require_all`` (W&B's rule for keyed history) a row must hold every
+    key; otherwise (charts) any one of them.
+    """
+    if keys is None:
+        row = {"_step": step}
+        row.update(values)  # a row stored with its own _step keeps it
+        return row
+    out: dict[str, Any] = {"_step": step}
+    wanted = found = 0
+    for k in keys:
+        if k == "_step":
+            continue
+        wanted += 1
+        if k in values:
+            out[k] = values[k]
+            found += 1
+        elif require_all:
+            return None
+    return out if found or not wanted else None
+
+
 @dataclass
 class Rows:
     """A page of rows, and where the next page starts (None: the last page).

@@ -11,9 +11,16 @@ import lmdb
 import msgpack
 
 from stepline.errors import RunNotFound
-from stepline_daemon import summary
+from stepline_daemon import describe
 from stepline_daemon.names import check_project
-from stepline_daemon.readmodel import MAX_PAGE_BYTES, ReadModel, RowQuery, Rows, RunRef
+from stepline_daemon.readmodel import (
+    MAX_PAGE_BYTES,
+    ReadModel,
+    RowQuery,
+    Rows,
+    RunRef,
+    select_values,
+)
 from stepline_daemon.sampling import decimate, pick
 from stepline_daemon.store import catalog, history, lineage
 from stepline_daemon.store.history import Segment
@@ -33,6 +40,7 @@ class LmdbReads(ReadModel):
     def __init__(self, store: Store, txn: lmdb.Transaction) -> None:
         self.store = store
         self.txn = txn
+        self.records = lineage.LmdbRecords(store, txn)
         # The last run looked up: a read checks its run first, then reads it.
         self._found: tuple[RunRef, Record] | None = None
 
@@ -49,30 +57,16 @@ class LmdbReads(ReadModel):
         return [self.describe(rec) for rec in catalog.project_runs(self.store, self.txn, project)]
 
     def tree(self, project: str) -> list[dict[str, Any]]:
-        return lineage.timelines(self.store, self.txn, self._project(project))
+        return describe.timelines(self.records, self._project(project))
 
     def info(self, ref: RunRef, full: bool = True) -> dict[str, Any]:
         return self.describe(self.target(ref), full)
 
     def state(self, ref: RunRef) -> dict[str, Any]:
-        rec = self.target(ref)
-        return {
-            "id": rec["id"],
-            "run_no": rec["run_no"],
-            "state": rec["state"],
-            "last_step": rec["last_step"],
-            "rows": rec["rows"],
-            "archived_by": rec["archived_by"],
-        }
+        return describe.state(self.target(ref))
 
     def keys(self, ref: RunRef, include_parent: bool = True) -> list[str]:
-        # From the running stats: no scan.
-        rec = self.target(ref)
-        names = set(rec["stats"])
-        if include_parent:
-            names.update(rec["inherited"])
-        names.discard("_step")
-        return sorted(names, key=lambda k: (k.startswith("_"), k))
+        return describe.keys(self.target(ref), include_parent)
 
     def rows(self, ref: RunRef, query: RowQuery) -> Rows:
         segs = self._segments(ref, query)
@@ -136,71 +130,15 @@ class LmdbReads(ReadModel):
         return rec
 
     def describe(self, rec: Record, full: bool = False) -> dict[str, Any]:
-        out = {k: rec[k] for k in _DESCRIBED}
-        out["parent"] = None
-        out["summary"] = summary.render(
-            summary.merge(rec["inherited"], rec["stats"]),
-            rec["metrics"],
-            rec["summary_set"],
-            rec["last_step"],
-        )
-        parent = rec["parent"]
-        if parent is not None:
-            p = self.store.record(self.txn, parent[0])
-            out["parent"] = {"id": p["id"], "run_no": p["run_no"], "step": parent[1]}
-        if full:
-            out["client"] = rec["client"]  # who created (or last resumed) it
-            out["peer"] = rec.get("peer")  # uid, gid, pid, host of that process
-            out["config"] = rec["config"]
-            out["metrics"] = rec["metrics"]
-            out["lineage"] = lineage.lineage(self.store, self.txn, rec)
-            out["children"] = lineage.children_of(self.store, self.txn, rec["run_no"])
-            out["archived"] = lineage.archived(self.store, self.txn, rec)
-        return out
-
-
-_DESCRIBED = (
-    "id",
-    "run_no",
-    "project",
-    "name",
-    "tags",
-    "state",
-    "created",
-    "updated",
-    "last_step",
-    "rows",
-    "dropped",
-    "exit_code",
-    "archived_by",
-)
+        return describe.describe(self.records, rec, full)
 
 
 def select(
     packed: bytes, step: int, keys: list[str] | None, require_all: bool = True
 ) -> dict[str, Any] | None:
-    """The row as users see it, or None when it does not qualify.
-
-    With ``require_all`` (W&B's rule for keyed history) a row must hold every
-    key; otherwise (charts) any one of them.
-    """
-    values: dict[str, Any] = msgpack.unpackb(packed, raw=False)
-    if keys is None:
-        row = {"_step": step}
-        row.update(values)
-        return row
-    out: dict[str, Any] = {"_step": step}
-    wanted = found = 0
-    for k in keys:
-        if k == "_step":
-            continue
-        wanted += 1
-        if k in values:
-            out[k] = values[k]
-            found += 1
-        elif require_all:
-            return None
-    return out if found or not wanted else None
+    """The stored row as users see it, or None when it does not qualify
+    (``readmodel.select_values``)."""
+    return select_values(msgpack.unpackb(packed, raw=False), step, keys, require_all)
 
 
 def downsample(
