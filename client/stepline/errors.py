@@ -110,6 +110,12 @@ class StorageFull(DaemonError, OSError):
     code = "storage_full"
 
 
+class ClusterUnavailable(DaemonError, ConnectionError):
+    """The cluster store (ClickHouse) did not answer a read: not the caller's
+    fault, and retrying later may work. The message names the server's address,
+    never its password."""
+
+
 _BY_CODE: dict[str, type[Error]] = {
     cls.code: cls
     for cls in (
