@@ -4,6 +4,7 @@ ClickHouse, in-process). What works on only one of them must not be used."""
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 
 from stepline_daemon.cluster import schema, sql
 from stepline_daemon.cluster.client import ClickHouse, ClickHouseError, ClickHouseUnavailable
-from stepline_daemon.cluster.encode import decode_value, history_lines
+from stepline_daemon.cluster.encode import cluster_record, history_lines, record_of, runs_line
 from stepline_daemon.cluster.url import ClusterUrl
 from tests.clickhouse import ChdbEngine, ClickHouseServer
 
@@ -66,48 +67,71 @@ def test_string_literals_come_back_as_written(engine: Any) -> None:
 def _same(a: Any, b: Any) -> bool:
     if isinstance(a, float) and isinstance(b, float) and math.isnan(a):
         return math.isnan(b)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
     return type(a) is type(b) and a == b
 
 
 def test_history_values_round_trip_and_a_batch_sent_twice_counts_once(engine: Any) -> None:
     rows: list[tuple[int, dict[str, Any]]] = [
-        (0, {"loss": 0.5, "nan": math.nan, "up": math.inf, "down": -math.inf}),
+        (0, {"loss": 0.5, "nan": math.nan, "up": math.inf, "down": -math.inf, "neg0": -0.0}),
         (1, {"n": -(2**63), "big": 2**64 - 1, "max": 2**63 - 1, "ok": True, "no": False}),
         (2, {"none": None, **{f"s{i}": t for i, t in enumerate(TRICKY)}}),
-        (2**63 - 1, {"loss": 1e-300}),
+        (2**63 - 1, {"loss": 1e-300, "tab\tkey": 1}),
     ]
-    data = "".join(history_lines("p'1", "node-a/1", rows)).encode()
+    tl = schema.timeline(5, 1)
+    data = "".join(history_lines("p'1", tl, rows)).encode()
     for _ in range(2):  # a retry after a lost reply
         engine.execute(f"INSERT INTO {DB}.history FORMAT TabSeparated", data)
     project = sql.string("p'1")
     got = engine.query(
-        f"SELECT key, step, kind, f, i, s FROM {DB}.history FINAL "
+        f"SELECT timeline, key, step, num, f, v FROM {DB}.history FINAL "
         f"WHERE project = {project} ORDER BY step, key"
     )
-    decoded = {
-        (k, int(step)): decode_value(int(kind), float(f), int(i), s)
-        for k, step, kind, f, i, s in got
-    }
-    want = {(k, step): v for step, values in rows for k, v in values.items()}
+    assert {int(r[0]) for r in got} == {tl}
+    values = {(k, int(step)): json.loads(v) for _, k, step, _, _, v in got}
+    want = {(k, step): v for step, vals in rows for k, v in vals.items()}
+    # One line per value, and per step one (key '') holding the whole row.
+    want.update({(schema.ROW, step): vals for step, vals in rows})
     assert len(got) == len(want)
-    assert decoded.keys() == want.keys()
-    bad = [k for k in want if not _same(want[k], decoded[k])]
-    assert not bad, [(k, want[k], decoded[k]) for k in bad]
+    assert values.keys() == want.keys()
+    bad = [k for k in want if not _same(want[k], values[k])]
+    assert not bad, [(k, want[k], values[k]) for k in bad]
+    # ``f`` holds each number (not bools) for charts' extremes.
+    for _, k, step, num, f, _ in got:
+        value = want[(k, int(step))]
+        numeric = type(value) in (int, float)
+        assert num == ("1" if numeric else "0"), (k, value)
+        if numeric:
+            assert _same(float(f), float(value)), (k, f, value)
 
 
 def test_a_run_record_collapses_to_its_newest_version(engine: Any) -> None:
-    def record(state: str, version: int) -> str:
-        fields = ["p", "node-a/1", "r1", "node-a", "r1", "['t']", "", "-1", "", state]
-        fields += ["{}", "{}", "{}", "{}", "9", "10", "1.5", "2.5", "0", str(version)]
-        return "\t".join(fields) + "\n"
+    base = {"id": "r1", "run_no": 1, "parent": [2, 5], "archived_by": 3, "updated": 2.5}
+    tl = schema.timeline(7, 1)
 
-    data = (record("running", 1) + record("finished", 3) + record("crashed", 2)).encode()
+    def line(state: str, version: int) -> str:
+        rec = cluster_record({**base, "state": state}, 7, "node-a")
+        return runs_line("p", tl, rec, "node-a", True, version)
+
+    data = (line("running", 1) + line("finished", 3) + line("crashed", 2)).encode()
     engine.execute(f"INSERT INTO {DB}.runs FORMAT TabSeparated", data)
-    assert engine.query(f"SELECT state, tags FROM {DB}.runs FINAL") == [["finished", "['t']"]]
+    got = engine.query(f"SELECT timeline, node, current, record FROM {DB}.runs FINAL")
+    assert len(got) == 1 and got[0][:3] == [str(tl), "node-a", "1"]
+    rec = record_of(got[0][3])
+    assert rec["state"] == "finished" and rec["node"] == "node-a"
+    assert rec["run_no"] == tl and rec["archived_by"] == schema.timeline(7, 3)
+    assert rec["parent"] == [schema.timeline(7, 2), 5]
     grouped = engine.query(
-        f"SELECT timeline, argMax(state, version) FROM {DB}.runs GROUP BY timeline"
+        f"SELECT timeline, argMax(current, version) FROM {DB}.runs GROUP BY timeline"
     )
-    assert grouped == [["node-a/1", "finished"]]
+    assert grouped == [[str(tl), "1"]]
+    # A purge is a newer version with no record.
+    engine.execute(
+        f"INSERT INTO {DB}.runs FORMAT TabSeparated",
+        runs_line("p", tl, None, "node-a", False, 4).encode(),
+    )
+    assert engine.query(f"SELECT deleted, record FROM {DB}.runs FINAL") == [["2", ""]]
 
 
 def test_errors_are_typed(server: ClickHouseServer, tmp_path: Path) -> None:
