@@ -33,6 +33,7 @@ _CONFIG = """<?xml version="1.0"?>
   <default_profile>default</default_profile>
   <default_database>default</default_database>
   <mark_cache_size>268435456</mark_cache_size>
+  {extra}
 </yandex>
 """
 _USERS = """<?xml version="1.0"?>
@@ -61,6 +62,7 @@ class ClickHouseServer:
         self.http = _free_port()
         self.tcp = _free_port()
         self.proc: subprocess.Popen[bytes] | None = None
+        self.extra = ""  # more config, e.g. remote_servers (see ``shards``)
 
     def url(self, database: str = "stepline") -> ClusterUrl:
         return ClusterUrl.parse(f"http://default@127.0.0.1:{self.http}/{database}")
@@ -68,7 +70,7 @@ class ClickHouseServer:
     def start(self, timeout: float = 30.0) -> ClickHouseServer:
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "config.xml").write_text(
-            _CONFIG.format(root=self.root, http=self.http, tcp=self.tcp)
+            _CONFIG.format(root=self.root, http=self.http, tcp=self.tcp, extra=self.extra)
         )
         (self.root / "users.xml").write_text(_USERS)
         out = open(self.root / "stdout.log", "ab")  # noqa: SIM115 - the child's
@@ -96,6 +98,13 @@ class ClickHouseServer:
                     raise RuntimeError(f"clickhouse-server did not start: {log[-2000:]}") from None
                 time.sleep(0.05)  # polling a condition: the server answering
 
+    def kill(self) -> None:
+        """SIGKILL: whatever the server was doing stops mid-way."""
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
     def stop(self, grace: float = 3.0) -> None:
         """SIGTERM, then SIGKILL after ``grace``: a graceful stop of 18.16 can
         take 8 s, which tests need not wait for."""
@@ -108,6 +117,16 @@ class ClickHouseServer:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def shards(name: str, servers: list[ClickHouseServer]) -> str:
+    """A ``remote_servers`` entry ``name``: one shard per server (a Distributed
+    table's cluster), to put in each server's ``extra`` before it starts."""
+    parts = "".join(
+        f"<shard><replica><host>127.0.0.1</host><port>{s.tcp}</port></replica></shard>"
+        for s in servers
+    )
+    return f"<remote_servers><{name}>{parts}</{name}></remote_servers>"
 
 
 class ChdbEngine:

@@ -256,6 +256,7 @@ class Hub:
             ),
         }
         if self.shipper is not None:
+            self.shipper.status()  # fresh lag figures
             p = self.shipper.progress
             gauges["replication_lag_rows"] = (
                 "Rows committed here and not yet acknowledged by the cluster.",

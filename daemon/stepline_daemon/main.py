@@ -182,8 +182,6 @@ class Daemon:
     async def startup(self) -> None:
         settings, hub, loop = self.settings, self.hub, self.hub.loop
         hub.writer.start()
-        if settings.clickhouse is not None:
-            hub.shipper = _shipper(settings, hub)
         self.http = await _start_http(settings, hub)
         hub.http_url = self.http.url if self.http is not None else None
         self.server = await _listen(settings, hub, self.listener)
@@ -200,6 +198,8 @@ class Daemon:
             os.getpid(),
         )
         print(f"stepline daemon: ready on {settings.socket}; dashboard {url}", flush=True)
+        if settings.clickhouse is not None:
+            hub.shipper = _shipper(settings, hub)
         self.notifier.notify("READY=1", f"MAINPID={os.getpid()}", _status(hub))
         if self.notifier.enabled:
             self.heartbeat = loop.create_task(_heartbeat(hub, self.notifier, settings.watchdog))

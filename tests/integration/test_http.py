@@ -226,9 +226,7 @@ def test_openapi_describes_every_route(daemon: Daemon) -> None:
     assert spec == json.loads(json.dumps(openapi.SPEC))
     served = {
         r.resource.canonical
-        for r in Http(SimpleNamespace(http_token=None))
-        .app()
-        .router.routes()  # type: ignore[arg-type]
+        for r in Http(SimpleNamespace(http_token=None)).app().router.routes()  # type: ignore[arg-type]
         if r.resource is not None and r.resource.canonical.startswith("/api/")
     }
     described = set(spec["paths"])

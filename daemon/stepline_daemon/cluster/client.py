@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import http.client
 import urllib.error
+import urllib.parse
 import urllib.request
 
 from stepline_daemon.cluster.url import ClusterUrl
@@ -34,11 +35,13 @@ class ClickHouse:
         token = base64.b64encode(f"{url.user}:{url.password}".encode()).decode()
         self._headers = {"Authorization": f"Basic {token}"}
 
-    def execute(self, sql: str, data: bytes = b"") -> bytes:
-        """Run ``sql`` (with ``data`` after it, for an INSERT); the response body."""
+    def execute(self, sql: str, data: bytes = b"", **settings: int | str) -> bytes:
+        """Run ``sql`` (with ``data`` after it, for an INSERT); the response body.
+        ``settings``: ClickHouse settings for this query alone."""
         body = sql.encode() + (b"\n" + data if data else b"")
+        query = urllib.parse.urlencode({"database": self.url.database, **settings})
         req = urllib.request.Request(
-            self.url.endpoint + f"?database={self.url.database}",
+            self.url.endpoint + "?" + query,
             data=body,
             headers=self._headers,
             method="POST",

@@ -38,6 +38,9 @@ log = logging.getLogger("stepline.shipper")
 SHIP_EVERY = 0.25
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 8.0
 INSERT_BYTES = 16 * 1024 * 1024
+# Behind a Distributed table, an insert is acknowledged once every shard has
+# its part, not when it is queued on the server asked: the cursor may move.
+SYNC = {"insert_distributed_sync": 1}
 
 
 @dataclass
@@ -195,14 +198,14 @@ class Shipper:
         db = self.url.database
         first = True
         for body, _ in ship.batched(self.builder.history_chunks(p), INSERT_BYTES):
-            self.client.execute(f"INSERT INTO {db}.history FORMAT TabSeparated", body)
+            self.client.execute(f"INSERT INTO {db}.history FORMAT TabSeparated", body, **SYNC)
             self.progress.inserts += 1
             if first and self.crash:
                 self.crash.reached("receive", "ship")  # mid-batch: rows in, records not
             first = False
         body = self.builder.runs_body(p, version, lambda missing: self._gone(missing, p.full))
         if body:
-            self.client.execute(f"INSERT INTO {db}.runs FORMAT TabSeparated", body)
+            self.client.execute(f"INSERT INTO {db}.runs FORMAT TabSeparated", body, **SYNC)
             self.progress.inserts += 1
         if self.crash:
             self.crash.reached("reply", "ship")  # acknowledged, cursor not moved
@@ -240,6 +243,9 @@ class Shipper:
         p.lag_rows, p.lag_entries, p.oldest = lag.rows, lag.entries, lag.oldest
 
     def status(self) -> dict[str, object]:
+        # Read now, not at the last round: a commit since must show as lag at
+        # once (a caller waiting for lag 0 must not see a stale 0). A few gets.
+        self._refresh_lag()
         p = self.progress
         return {
             "url": str(self.url),

@@ -111,10 +111,13 @@ def start(txn: lmdb.Transaction, changes: Any, runs: Any, meta: Any) -> None:
         "p": [],
         "full": True,
     }
+    # Seqs go on from where an earlier spell of tracking left them: they are
+    # the cluster's versions of run records, which must only ever grow.
+    seq = _get(txn, meta, _NEXT, 1)
     txn.put(_ON, b"1", db=meta)
-    txn.put(U64.pack(1), layout.pack(entry), db=changes)
-    _put(txn, meta, _NEXT, 2)
-    _put(txn, meta, _CURSOR, 0)
+    txn.put(U64.pack(seq), layout.pack(entry), db=changes)
+    _put(txn, meta, _NEXT, seq + 1)
+    _put(txn, meta, _CURSOR, seq - 1)
     _put(txn, meta, _LOGGED, entry["c"])
     _put(txn, meta, _SHIPPED, 0)
 
@@ -124,7 +127,7 @@ def stop(txn: lmdb.Transaction, changes: Any, meta: Any) -> None:
     if not tracking(txn, meta):
         return
     layout.delete_prefix(txn, changes, b"")
-    for key in (_ON, _NEXT, _CURSOR, _LOGGED, _SHIPPED):
+    for key in (_ON, _CURSOR, _LOGGED, _SHIPPED):  # not _NEXT: see ``start``
         txn.delete(key, db=meta)
 
 
