@@ -18,7 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import stepline
-from tests.clickhouse import ClickHouseServer
+from stepline_daemon.cluster import schema
+from stepline_daemon.cluster.client import ClickHouse
+from tests.clickhouse import ClickHouseServer, shards
 from tests.cluster_nodes import Node, assert_same, database, plain, wait_replicated
 from tests.conftest import wait_for
 
@@ -318,3 +320,51 @@ def test_clickhouse_killed_3x_mid_insert_leaves_the_cluster_exact(short_tmp: Pat
         if a.alive:
             a.stop()
         ch.stop()
+
+
+def test_two_shards_behind_a_distributed_table_read_exactly(short_tmp: Path) -> None:
+    servers = [ClickHouseServer(short_tmp / f"ch{i}") for i in (1, 2)]
+    for s in servers:
+        s.extra = shards("pair", servers)
+        s.start()
+    db = database()
+    try:
+        for s in servers:
+            engine = ClickHouse(s.url("default"))
+            for stmt in schema.sharded_statements(db, "pair"):
+                engine.execute(stmt)
+        url = str(servers[0].url(db))
+        a = Node(short_tmp, "node-a", url).start()
+        try:
+            for i in range(14):  # all on one shard: one chance in 2**13
+                run = stepline.init(project="p", id=f"root{i}", socket=str(a.socket))
+                for step in range(20):
+                    run.log({"x": step * i, "s": f"r{i}"})
+                run.finish()
+                fork = stepline.init(
+                    project="p", id=f"fork{i}", fork_from=f"root{i}?_step=9", socket=str(a.socket)
+                )
+                fork.log({"x": -1.0})
+                fork.finish()
+            wait_replicated(a)
+            with stepline.Api(clickhouse=url) as cluster:
+                assert_same(a, cluster, "p")
+            held = [
+                {
+                    int(tl): int(root)
+                    for tl, root in ClickHouse(s.url(db)).query(
+                        "SELECT DISTINCT timeline, root FROM history_local"
+                    )
+                }
+                for s in servers
+            ]
+            assert all(held), "each shard holds some trees"
+            roots = [set(h.values()) for h in held]
+            assert not roots[0] & roots[1], "a fork tree lives on one shard"
+            for h in held:
+                assert {tl for tl in h} >= set(h.values())  # each tree's root is beside it
+        finally:
+            assert a.stop() == 0
+    finally:
+        for s in servers:
+            s.stop()

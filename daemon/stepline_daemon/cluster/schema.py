@@ -83,7 +83,7 @@ def sharded_statements(database: str, cluster: str) -> list[str]:
     """DDL for a sharded cluster store, run on every server of ``cluster`` (a
     ``remote_servers`` entry): the tables above as ``runs_local`` and
     ``history_local`` on each, and ``runs``/``history`` as Distributed tables
-    over them, sharded by ``root`` so a fork tree lives on one shard. Nodes and
+    over them, sharded by a hash of ``root`` so a fork tree lives on one shard. Nodes and
     readers then use ``runs`` and ``history`` as on one server."""
     local = [
         RUNS.format(db=database).replace(".runs (", ".runs_local (").strip(),
@@ -91,7 +91,7 @@ def sharded_statements(database: str, cluster: str) -> list[str]:
     ]
     dist = [
         f"CREATE TABLE IF NOT EXISTS {database}.{t} AS {database}.{t}_local "
-        f"ENGINE = Distributed({cluster}, {database}, {t}_local, root)"
+        f"ENGINE = Distributed({cluster}, {database}, {t}_local, intHash64(root))"
         for t in ("runs", "history")
     ]
     return [f"CREATE DATABASE IF NOT EXISTS {database}", *local, *dist]
