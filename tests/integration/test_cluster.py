@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 import stepline
 from stepline_daemon.cluster import schema
 from stepline_daemon.cluster.client import ClickHouse
+from stepline_daemon.cluster.url import ClusterUrl
 from tests.clickhouse import ClickHouseServer, shards
 from tests.cluster_nodes import Node, assert_same, database, plain, wait_replicated
 from tests.conftest import wait_for
@@ -147,6 +148,7 @@ def test_purged_and_deleted_runs_vanish_from_the_cluster(two_nodes: tuple[Node, 
         run.finish()
     wait_replicated(a)
     with a.api() as api:
+        gone = schema.timeline(a.store_id(), api.run("p/gone")._info["run_no"])
         api.delete("p/soft")
         api.delete("p/gone", purge=True)
     wait_replicated(a)
@@ -155,6 +157,10 @@ def test_purged_and_deleted_runs_vanish_from_the_cluster(two_nodes: tuple[Node, 
         with pytest.raises(stepline.RunNotFound):
             cluster.run("p/gone")
         assert_same(a, cluster, "p")
+    # The rows themselves go too (a mutation ClickHouse applies in the background).
+    engine = ClickHouse(ClusterUrl.parse(url))
+    left = f"SELECT count() FROM history WHERE timeline = {gone}"
+    wait_for(lambda: engine.query(left) == [["0"]], 30, "the purged rows to be removed")
 
 
 def test_a_node_that_stops_replicating_ships_everything_when_it_starts_again(

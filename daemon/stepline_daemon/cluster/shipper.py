@@ -203,15 +203,36 @@ class Shipper:
             if first and self.crash:
                 self.crash.reached("receive", "ship")  # mid-batch: rows in, records not
             first = False
-        body = self.builder.runs_body(p, version, lambda missing: self._gone(missing, p.full))
+        purged: dict[int, tuple[str, int]] = {}
+
+        def gone(missing: set[int]) -> dict[int, tuple[str, int]]:
+            purged.update(self._gone(missing, p.full))
+            return purged
+
+        body = self.builder.runs_body(p, version, gone)
         if body:
             self.client.execute(f"INSERT INTO {db}.runs FORMAT TabSeparated", body, **SYNC)
             self.progress.inserts += 1
+        if purged:
+            self._reclaim(sorted(purged))
         if self.crash:
             self.crash.reached("reply", "ship")  # acknowledged, cursor not moved
         self.progress.connected = True
         self.progress.last_ok = time.time()
         return p
+
+    def _reclaim(self, timelines: list[int]) -> None:
+        """Purged timelines' rows, removed from the cluster too (a mutation, done
+        in the background by ClickHouse). Their tombstones already hide them from
+        every read, so a failure here costs space, not correctness: said, not retried.
+        Behind Distributed tables the operator runs it on the shards' local tables."""
+        listed = ", ".join(map(str, timelines))
+        try:
+            self.client.execute(
+                f"ALTER TABLE {self.url.database}.history DELETE WHERE timeline IN ({listed})"
+            )
+        except ClickHouseError as exc:
+            log.warning("shipper: purged rows stay in the cluster, hidden (%s)", exc.message)
 
     def _gone(self, missing: set[int], full: bool) -> dict[int, tuple[str, int]]:
         """Of timelines the store no longer holds, those the cluster still shows,
