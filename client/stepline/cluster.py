@@ -8,6 +8,7 @@ so ``Api``'s code is the same over both stores.
 
 from __future__ import annotations
 
+import importlib
 import itertools
 from typing import Any
 
@@ -18,8 +19,10 @@ class ClusterChannel:
     """Answers read requests from the cluster store; a stand-in for ``Channel``."""
 
     def __init__(self, url: str, timeout: float) -> None:
+        # Loaded by name, as ``commands.daemon_main`` loads the daemon: an
+        # optional extra the client never imports unless asked to.
         try:
-            from stepline_daemon.cluster import serving
+            serving = importlib.import_module("stepline_daemon.cluster.serving")
         except ImportError as exc:
             raise UsageError(
                 "Api(clickhouse=...) reads through the daemon's read model: "
