@@ -115,6 +115,8 @@ class ClusterUnavailable(DaemonError, ConnectionError):
     fault, and retrying later may work. The message names the server's address,
     never its password."""
 
+    code = "cluster_unavailable"
+
 
 _BY_CODE: dict[str, type[Error]] = {
     cls.code: cls
@@ -131,6 +133,7 @@ _BY_CODE: dict[str, type[Error]] = {
         SeqGap,
         DaemonError,
         StorageFull,
+        ClusterUnavailable,
     )
 }
 

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from stepline.errors import DaemonError, Error, RequestError, RunNotFound
+from stepline.errors import ClusterUnavailable, DaemonError, Error, RequestError, RunNotFound
 from stepline_daemon import openapi, render
 from stepline_daemon.render import dumps
 
@@ -72,6 +72,8 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _error(404, exc.code, exc.message)
     except RequestError as exc:
         return _error(400, exc.code, exc.message)
+    except ClusterUnavailable as exc:  # stepline serve: the cluster store is away
+        return _error(503, exc.code, exc.message)
     except Error as exc:
         return _error(500, exc.code, exc.message)
     except web.HTTPException as exc:
