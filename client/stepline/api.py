@@ -316,6 +316,13 @@ class ApiRun:
         return updated
 
     @property
+    def node(self) -> str | None:
+        """The node the run was logged on, read from the cluster store; None
+        from a node's own daemon (every run there is its own)."""
+        node: str | None = self._info.get("node")
+        return node
+
+    @property
     def exit_code(self) -> int | None:
         """The exit code ``finish()`` reported; None until the run finishes (and after a crash)."""
         code: int | None = self._full("exit_code")

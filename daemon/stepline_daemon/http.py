@@ -386,6 +386,10 @@ class Http:
         with self.hub.watch(state["run_no"]) as changed:
             while True:
                 changed.clear()  # before reading: a commit during the read re-arms it
+                # The state before the rows, sent after them: a run that finished
+                # between the two reads must not say so before its last rows (a
+                # viewer stops listening at the end of a run).
+                now = await self._read("state", base, None)
                 page = {**base, "min_step": after + 1, "limit": CSV_PAGE_ROWS}
                 result = await self._read("page", page, None)
                 if result["rows"]:
@@ -394,7 +398,6 @@ class Http:
                 if result["next"] is not None:
                     after = result["next"] - 1
                     continue
-                now = await self._read("state", base, None)
                 if now != state:
                     state = now
                     await resp.write(_sse("state", dumps(state)))

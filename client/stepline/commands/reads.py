@@ -52,9 +52,11 @@ def _run_table(api: Api, project: str) -> int:
     if not found:
         return fail(f"no project {project!r} (`stepline runs` lists them)")
     named = any(r.name != r.id for r in found)
+    # Read from the cluster store, runs name the node they were logged on.
+    nodes = any(r.node for r in found)
     header = ["ID", *(["NAME"] if named else []), "STATE", "STEP", "PARENT"]
-    header += ["CREATED", "UPDATED", "TAGS"]
-    rows = [_run_row(r, named) for r in found]
+    header += ["CREATED", "UPDATED", "TAGS", *(["NODE"] if nodes else [])]
+    rows = [_run_row(r, named) + ([r.node or ""] if nodes else []) for r in found]
     flexible = {header.index(h) for h in ("NAME", "PARENT", "TAGS") if h in header}
     print_lines(
         tables.table(rows, header, width(), right={header.index("STEP")}, flexible=flexible)

@@ -27,6 +27,9 @@ class ClickHouseError(Exception):
 class ClickHouseUnavailable(ClickHouseError):
     """No answer: the server is down, unreachable or too slow."""
 
+    def __str__(self) -> str:
+        return f"ClickHouse did not answer: {self.message}"
+
 
 class ClickHouse:
     def __init__(self, url: ClusterUrl, timeout: float = 10.0) -> None:
@@ -54,7 +57,8 @@ class ClickHouse:
             text = exc.read().decode("utf-8", "replace").strip()
             raise ClickHouseError(exc.code, text) from None
         except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-            raise ClickHouseUnavailable(0, f"{self.url}: {exc}") from None
+            # The address is the caller's to add: it is in every status line.
+            raise ClickHouseUnavailable(0, str(exc)) from None
 
     def query(self, sql: str) -> list[list[str]]:
         """Rows of a SELECT, as TabSeparated fields (unescaped).

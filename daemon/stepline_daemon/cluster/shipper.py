@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import lmdb
@@ -37,6 +37,7 @@ log = logging.getLogger("stepline.shipper")
 # busy node sends a few large inserts a second rather than many small ones.
 SHIP_EVERY = 0.25
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 8.0
+STOP_GRACE = 5.0
 INSERT_BYTES = 16 * 1024 * 1024
 # Behind a Distributed table, an insert is acknowledged once every shard has
 # its part, not when it is queued on the server asked: the cursor may move.
@@ -85,6 +86,7 @@ class Shipper:
         self.builder = ship.Builder(store, self._snapshot, store_id, node)
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="stepline-ship")
         self._wake = asyncio.Event()
+        self._stopped = asyncio.Event()
         self._stopping = False
         self._schema_ready = False
         self._task: asyncio.Task[None] | None = None
@@ -101,10 +103,15 @@ class Shipper:
     async def stop(self) -> None:
         """Stop after the round in flight; what it did not ship, the next start will."""
         self._stopping = True
-        self._wake.set()
+        self._stopped.set()
         if self._task is not None:
-            await self._task
-        self._thread.shutdown(wait=True)
+            # An insert in flight to a server that hangs could hold shutdown for
+            # the client's whole timeout; its batch ships again at the next start.
+            done, _ = await asyncio.wait([self._task], timeout=STOP_GRACE)
+            if not done:
+                log.warning("shipper: an insert still in flight at stop; it ships again later")
+                self._task.cancel()
+        self._thread.shutdown(wait=False)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -135,13 +142,20 @@ class Shipper:
             await self._pause(SHIP_EVERY - (time.monotonic() - began))
 
     async def _pause(self, seconds: float, wake: bool = False) -> None:
+        """Wait ``seconds``; ``stop`` always ends it, a commit only with ``wake``
+        (a backoff must not end at every commit and hammer a server that is down)."""
         if seconds <= 0 or self._stopping:
             return
-        if not wake:
-            await asyncio.sleep(seconds)
+        waits = [asyncio.ensure_future(self._stopped.wait())]
+        if wake:
+            waits.append(asyncio.ensure_future(self._wake.wait()))
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        if not wake or self._stopping:
             return
-        with suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), seconds)
         # Idle or waiting: the lag still grows or shrinks; read it off the loop.
         await asyncio.get_running_loop().run_in_executor(self._thread, self._refresh_lag)
 
