@@ -57,22 +57,39 @@ def history_lines(
 ) -> Iterator[str]:
     """Lines for ``rows`` ((step, values) pairs) of timeline ``tl``: one per
     value, and one per row holding the whole row. ``root``: the root timeline
-    of ``tl``'s fork tree (``tl`` itself by default)."""
+    of ``tl``'s fork tree (``tl`` itself by default).
+
+    The shipper's hot loop (every value of every row it ships): each key's
+    pieces are made once, and a finite float, the usual value, is one ``repr``.
+    """
     head = f"{tsv(project)}\t{tl}\t"
     tail = f"\t{tl if root is None else root}\n"
+    keys: dict[str, tuple[str, str, bool]] = {}  # key -> (line start, JSON key:, plain)
+    row_head = f"{head}{ROW}\t"
     for step, values in rows:
+        at = f"\t{step}\t"
         parts = []
+        plain = True  # no TSV escapes needed in the whole row's JSON
         for key, value in values.items():
-            text = value_json(value)
-            parts.append(f"{_dumps(key)}:{text}")
+            k = keys.get(key)
+            if k is None:
+                jkey = _dumps(key) + ":"
+                k = keys[key] = (head + tsv(key), jkey, tsv(jkey) == jkey)
             t = type(value)
-            if t is float or t is int:
-                f, num = _number(value) if t is float else str(float(value)), "1"
+            if t is float and value - value == 0:  # finite (NaN and infinities are not)
+                text = repr(value)
+                yield f"{k[0]}{at}1\t{text}\t{text}{tail}"
             else:
-                f, num = "0", "0"
-            yield f"{head}{tsv(key)}\t{step}\t{num}\t{f}\t{tsv(text)}{tail}"
+                text = value_json(value)
+                if t is float or t is int:
+                    yield f"{k[0]}{at}1\t{_number(float(value))}\t{text}{tail}"
+                else:
+                    yield f"{k[0]}{at}0\t0\t{tsv(text)}{tail}"
+                    plain = plain and t is not str
+            parts.append(k[1] + text)
+            plain = plain and k[2]
         whole = "{" + ",".join(parts) + "}"
-        yield f"{head}{ROW}\t{step}\t0\t0\t{tsv(whole)}{tail}"
+        yield f"{row_head}{step}\t0\t0\t{whole if plain else tsv(whole)}{tail}"
 
 
 def packed_history_lines(

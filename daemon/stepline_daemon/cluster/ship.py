@@ -24,8 +24,8 @@ from stepline_daemon.store.records import Store
 # Rows (steps) of change entries one batch takes, however many entries that is;
 # the first entry always goes, whatever its size.
 BATCH_ROWS = 50_000
-# Lines of one INSERT: a few MiB of TabSeparated text.
-CHUNK_LINES = 100_000
+# Rows read in one short read transaction (and encoded together): a few MiB.
+CHUNK_ROWS = 10_000
 
 
 @dataclass
@@ -101,24 +101,22 @@ class Builder:
     def _chunk(
         self, txn: lmdb.Transaction, run_no: int, start: int, hi: int
     ) -> tuple[bytes, int, int]:
-        """Lines for rows of ``run_no`` from ``start``: about CHUNK_LINES of them;
-        and where the next chunk starts (past ``hi``: done)."""
+        """Lines for up to CHUNK_ROWS rows of ``run_no`` from ``start``, how many
+        rows, and where the next chunk starts (past ``hi``: done)."""
         try:
             rec = self.store.record(txn, run_no)
         except Exception:  # purged since, or never committed: nothing to ship
             return b"", 0, hi + 1
-        tl = timeline(self.store_id, run_no)
-        root = self.root(txn, rec)
-        lines: list[str] = []
-        rows = 0
+        taken: list[tuple[int, bytes]] = []
         nxt = hi + 1
         for step, blob in history.iter_rows(self.store, txn, [Segment(run_no, start, hi)]):
-            if len(lines) >= CHUNK_LINES:
+            if len(taken) == CHUNK_ROWS:
                 nxt = step
                 break
-            lines.extend(encode.packed_history_lines(rec["project"], tl, [(step, blob)], root))
-            rows += 1
-        return "".join(lines).encode(), rows, nxt
+            taken.append((step, blob))
+        tl, root = timeline(self.store_id, run_no), self.root(txn, rec)
+        lines = encode.packed_history_lines(rec["project"], tl, taken, root)
+        return "".join(lines).encode(), len(taken), nxt
 
     def runs_body(
         self, p: Plan, version: int, gone: Callable[[set[int]], dict[int, tuple[str, int]]]
