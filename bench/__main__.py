@@ -24,6 +24,12 @@ import stepline
 from bench import scenarios
 
 RESULTS = Path(__file__).parent / "results"
+CLUSTER_TARGETS = (
+    "replication, 1 node",
+    "replication lag p99",
+    "cluster history(1000)",
+    "cluster scan_history",
+)
 VENVS = Path(__file__).parent / ".venvs"
 
 
@@ -117,6 +123,22 @@ class Harness:
                     alone_s=0.5 if a.quick else 1.0,
                 ),
             )
+        if "cluster" in a.scenarios:
+            from bench.cluster import cluster
+
+            # Interleaves its own repetitions around one clickhouse-server.
+            self.record(
+                "cluster",
+                lambda: cluster(
+                    self.workdir(),
+                    live_steps=20_000 if a.quick else a.cluster_live_steps,
+                    read_steps=100_000 if a.quick else a.cluster_read_steps,
+                    scan_steps=20_000 if a.quick else a.cluster_scan_steps,
+                    lag_rate=1000,
+                    lag_seconds=3 if a.quick else a.cluster_lag_seconds,
+                    repeats=a.repeats,
+                ),
+            )
         shutil.rmtree(self.tmp, ignore_errors=True)
         return {k: median_of(v) for k, v in self.raw.items()}
 
@@ -189,6 +211,35 @@ def targets(m: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
         lambda v: v <= 1,
         "{:.2f} ms",
     )
+    c = m.get("cluster")
+    add(
+        "replication, 1 node",
+        c and c["live1_steps_per_s"],
+        ">= 20k steps/s",
+        lambda v: v >= 20_000,
+        "{:,.0f} steps/s",
+    )
+    add(
+        "replication lag p99",
+        c and c["lag_lag_p99_s"],
+        "<= 2 s",
+        lambda v: v <= 2,
+        "{:.2f} s",
+    )
+    add(
+        "cluster history(1000)",
+        c and c["cluster_history_ms"],
+        "<= 100 ms",
+        lambda v: v <= 100,
+        "{:.0f} ms",
+    )
+    add(
+        "cluster scan_history",
+        c and c["cluster_scan_rows_per_s"],
+        ">= 300k rows/s",
+        lambda v: v >= 3e5,
+        "{:,.0f} rows/s",
+    )
     w16 = m.get("writers/16")
     add(
         "daemon RSS, 16 writers",
@@ -253,6 +304,8 @@ def table(m: dict[str, Any]) -> str:
         )
     if "readers" in m:
         lines += readers_table(m["readers"])
+    if "cluster" in m:
+        lines += cluster_table(m["cluster"])
     lines.append("")
     lines.append(f"{'target':<28}{'measured':>20}  {'goal':<16}met")
     for name, value, goal, ok in targets(m):
@@ -295,6 +348,47 @@ def readers_table(v: dict[str, Any]) -> list[str]:
     if alone:
         lines.append(f"  the reader alone, no writers: {'; '.join(alone)}")
     return lines
+
+
+def cluster_table(v: dict[str, Any]) -> list[str]:
+    """The cluster scenario: replication rates, lag, and reads node vs cluster."""
+    per = f"{v['live_steps']:,}"
+    scan = f"scan_history rows/s, first {v['scan_steps']:,}"
+
+    def waited(what: str) -> str:
+        return (
+            f"{v[f'cluster_{what}_query_ms']:,.0f} ms"
+            f" ({v[f'cluster_{what}_query_share']:.0%}), {v[f'cluster_{what}_queries']:.0f} queries,"
+            f" {v[f'cluster_{what}_query_mib']:.1f} MiB received"
+        )
+
+    def cpu(prefix: str) -> str:
+        return (
+            f"daemon {v[f'{prefix}daemon_us_per_step']:.0f} us/step"
+            f" ({v[f'{prefix}daemon_cores']:.2f} cores),"
+            f" ClickHouse {v[f'{prefix}clickhouse_us_per_step']:.0f} us/step"
+            f" ({v[f'{prefix}clickhouse_cores']:.2f}), others {v[f'{prefix}foreign_cores']:.2f}"
+        )
+
+    return [
+        f"cluster: ClickHouse {v['clickhouse']}, 10 floats a step, medians of {v['repeats']}",
+        f"  {'replication':<30}{'steps/s':>10}  CPU over the window",
+        f"  {'live, 1 node x ' + per:<30}{v['live1_steps_per_s']:>10,.0f}  {cpu('live1_')};"
+        f" logged at {v['live1_logged_per_s']:,.0f}/s, shipped {v['live1_tail_s']:.1f}s after",
+        f"  {'live, 2 nodes x ' + per:<30}{v['live2_steps_per_s']:>10,.0f}  {cpu('live2_')};"
+        f" logged at {v['live2_logged_per_s']:,.0f}/s, shipped {v['live2_tail_s']:.1f}s after",
+        f"  {'backlog, 1 node x ' + format(v['steps'], ','):<30}{v['backlog_steps_per_s']:>10,.0f}"
+        f"  {cpu('backlog_')} (once)",
+        f"  lag at {v['lag_rate']:,.0f} steps/s for {v['lag_seconds']:.0f}s, log() to visible in"
+        f" ClickHouse: p50 {v['lag_lag_p50_s']:.2f} s, p99 {v['lag_lag_p99_s']:.2f} s,"
+        f" max {v['lag_lag_max_s']:.2f} s (polled every 50 ms)",
+        f"  reads of the {v['steps']:,}-step run ({v['parts']} parts)"
+        f"{'node':>14}{'cluster':>10}  the cluster's calls in ClickHouse queries",
+        f"  {'history(samples=1000) ms':<44}{v['node_history_ms']:>8.1f}"
+        f"{v['cluster_history_ms']:>10.1f}  {waited('history')}",
+        f"  {scan:<44}{v['node_scan_rows_per_s']:>8,.0f}"
+        f"{v['cluster_scan_rows_per_s']:>10,.0f}  {waited('scan')}",
+    ]
 
 
 def plots(m: dict[str, Any], out: Path) -> list[Path]:
@@ -373,7 +467,35 @@ def main() -> None:
         default="none,http,socket,http_apart",
         help="readers scenario modes, of none,http,socket,http_apart (see bench/readers.py)",
     )
-    ap.add_argument("--scenarios", default="single,writers,ceiling,latency,spill,reads,readers")
+    ap.add_argument(
+        "--cluster-live-steps",
+        type=int,
+        default=100_000,
+        help="cluster scenario: steps each node's writer logs while replicating",
+    )
+    ap.add_argument(
+        "--cluster-read-steps",
+        type=int,
+        default=1_000_000,
+        help="cluster scenario: steps of the backlog shipped, then read from node and cluster",
+    )
+    ap.add_argument(
+        "--cluster-scan-steps",
+        type=int,
+        default=200_000,
+        help="cluster scenario: rows each scan_history reads (the start of that run)",
+    )
+    ap.add_argument(
+        "--cluster-lag-seconds",
+        type=float,
+        default=21.0,
+        help="cluster scenario: seconds at 1,000 steps/s, split over the repetitions",
+    )
+    ap.add_argument(
+        "--scenarios",
+        default="single,writers,ceiling,latency,spill,reads,readers",
+        help="comma-separated; also: cluster (needs clickhouse-server)",
+    )
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     args.scenarios = set(args.scenarios.split(","))
@@ -395,6 +517,15 @@ def main() -> None:
         ],
     }
     (args.out / "bench.json").write_text(json.dumps(doc, indent=2))
+    if "cluster" in m:
+        # Kept beside bench.json, which any later run of other scenarios replaces.
+        mine = {
+            **doc,
+            "medians": {"cluster": m["cluster"]},
+            "targets": [t for t in doc["targets"] if t["target"] in CLUSTER_TARGETS],
+        }
+        (args.out / "cluster.json").write_text(json.dumps(mine, indent=2))
+        print(f"wrote {args.out / 'cluster.json'}")
     (args.out / "bench.txt").write_text(text + "\n")
     for p in plots(m, args.out):
         print(f"wrote {p}")
