@@ -14,6 +14,8 @@ from typing import Any
 
 from stepline.errors import UsageError
 
+SCAN_PAGE = 10_000  # rows per ClickHouse round trip of a scan
+
 
 class ClusterChannel:
     """Answers read requests from the cluster store; a stand-in for ``Channel``."""
@@ -47,7 +49,12 @@ class ClusterChannel:
     # A streamed scan, as ``Channel.start``/``result`` serve it: page by page.
     def start(self, msg: dict[str, Any]) -> int:
         rid = next(self._rids)
-        self._scans[rid] = {k: v for k, v in msg.items() if k != "stream"}
+        scan = {k: v for k, v in msg.items() if k != "stream"}
+        # Pages bound what a daemon holds for a socket reply; here each page is
+        # a round trip to ClickHouse instead, and the rows are handed out one by
+        # one anyway: read larger pages.
+        scan["limit"] = max(scan.get("limit") or 0, SCAN_PAGE)
+        self._scans[rid] = scan
         return rid
 
     def result(self, rid: int, timeout: float | None) -> Any:

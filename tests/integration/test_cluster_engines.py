@@ -14,7 +14,13 @@ import pytest
 
 from stepline_daemon.cluster import schema, sql
 from stepline_daemon.cluster.client import ClickHouse, ClickHouseError, ClickHouseUnavailable
-from stepline_daemon.cluster.encode import cluster_record, history_lines, record_of, runs_line
+from stepline_daemon.cluster.encode import (
+    cluster_record,
+    history_lines,
+    record_of,
+    row_of,
+    runs_line,
+)
 from stepline_daemon.cluster.url import ClusterUrl
 from tests.clickhouse import ChdbEngine, ClickHouseServer
 
@@ -89,7 +95,10 @@ def test_history_values_round_trip_and_a_batch_sent_twice_counts_once(engine: An
         f"WHERE project = {project} ORDER BY step, key"
     )
     assert {int(r[0]) for r in got} == {tl}
-    values = {(k, int(step)): json.loads(v) for _, k, step, _, _, v in got}
+    values = {
+        (k, int(step)): row_of(v) if k == schema.ROW else json.loads(v)
+        for _, k, step, _, _, v in got
+    }
     want = {(k, step): v for step, vals in rows for k, v in vals.items()}
     # One line per value, and per step one (key '') holding the whole row.
     want.update({(schema.ROW, step): vals for step, vals in rows})

@@ -13,7 +13,6 @@ subqueries, window functions, ``UNION DISTINCT``).
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any, Protocol
 
@@ -21,7 +20,7 @@ from stepline.errors import ClusterUnavailable, DaemonError, RunNotFound
 from stepline_daemon import describe
 from stepline_daemon.cluster import sql
 from stepline_daemon.cluster.client import ClickHouse, ClickHouseError, ClickHouseUnavailable
-from stepline_daemon.cluster.encode import record_of
+from stepline_daemon.cluster.encode import record_of, row_of
 from stepline_daemon.cluster.schema import ROW
 from stepline_daemon.describe import Record, Span
 from stepline_daemon.names import check_project, check_run_id
@@ -174,7 +173,7 @@ class Wanted:
     def rows(self, lines: list[tuple[int, str]]) -> list[dict[str, Any]]:
         """(step, row JSON) pairs as users see them, those that qualify."""
         keys, every = self.keys, self.require_all
-        return [r for s, v in lines if (r := select_values(json.loads(v), s, keys, every))]
+        return [r for s, v in lines if (r := select_values(row_of(v), s, keys, every))]
 
 
 def _where(project: str, spans: list[Span], key_cond: str) -> str:
