@@ -342,7 +342,11 @@ def test_two_shards_behind_a_distributed_table_read_exactly(short_tmp: Path) -> 
         url = str(servers[0].url(db))
         a = Node(short_tmp, "node-a", url).start()
         try:
-            for i in range(14):  # all on one shard: one chance in 2**13
+            # Trees until both shards hold some (the shard is a hash of the
+            # root's timeline, and the store id in it is random), at least three.
+            placed: set[str] = set()
+            i = 0
+            while len(placed) < 2 or i < 3:
                 run = stepline.init(project="p", id=f"root{i}", socket=str(a.socket))
                 for step in range(20):
                     run.log({"x": step * i, "s": f"r{i}"})
@@ -352,6 +356,11 @@ def test_two_shards_behind_a_distributed_table_read_exactly(short_tmp: Path) -> 
                 )
                 fork.log({"x": -1.0})
                 fork.finish()
+                with a.api() as api:
+                    root = schema.timeline(a.store_id(), api.run(f"p/root{i}")._info["run_no"])
+                engine = ClickHouse(servers[0].url("default"))
+                placed.add(engine.query(f"SELECT intHash64(toUInt64({root})) % 2")[0][0])
+                i += 1
             wait_replicated(a)
             with stepline.Api(clickhouse=url) as cluster:
                 assert_same(a, cluster, "p")

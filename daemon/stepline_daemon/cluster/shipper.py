@@ -36,7 +36,7 @@ log = logging.getLogger("stepline.shipper")
 # Between rounds while caught up: most changes wait at most this long, and a
 # busy node sends a few large inserts a second rather than many small ones.
 SHIP_EVERY = 0.25
-BACKOFF_FIRST, BACKOFF_MAX = 0.5, 8.0
+BACKOFF_FIRST, BACKOFF_MAX = 0.5, 4.0
 STOP_GRACE = 5.0
 INSERT_BYTES = 16 * 1024 * 1024
 # Behind a Distributed table, an insert is acknowledged once every shard has
