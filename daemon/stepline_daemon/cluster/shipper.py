@@ -190,6 +190,10 @@ class Shipper:
 
     @contextmanager
     def _snapshot(self) -> Iterator[lmdb.Transaction]:
+        if self._stopping:
+            # A round that outlived stop (its insert hung): the store is about
+            # to close, and a transaction must not be open when it does.
+            raise ClickHouseError(0, "the shipper is stopping")
         with self.gate.shared(), self.store.env.begin() as txn:
             yield txn
 
@@ -272,7 +276,7 @@ class Shipper:
         try:
             with self._snapshot() as txn:
                 lag = changes.lag(txn, self.store.changes, self.store.meta)
-        except lmdb.Error:
+        except (lmdb.Error, ClickHouseError):  # closing, or stopping: keep the last figures
             return
         p = self.progress
         p.lag_rows, p.lag_entries, p.oldest = lag.rows, lag.entries, lag.oldest
