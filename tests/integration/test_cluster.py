@@ -287,8 +287,10 @@ def test_the_daemon_killed_10x_while_shipping_leaves_the_cluster_exact(
                 point = "receive:ship" if i % 3 == 1 else "reply:ship"
                 a.kill()
                 a.env = {"STEPLINE_TESTS_ONLY_CRASH_AT": point}
-                a.start()
-                wait_for(lambda: not a.alive, 60, f"the crash point {point}")
+                # Not start(): the first round may kill it before start() sees it serve.
+                proc = a.spawn()
+                wait_for(lambda p=proc: p.poll() is not None, 60, f"the crash point {point}")
+                assert proc.returncode == -9, a.log()
                 a.env = {}
             a.start()
         stop.set()
