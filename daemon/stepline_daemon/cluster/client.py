@@ -1,16 +1,19 @@
 """A small blocking client for ClickHouse's HTTP interface: one POST per query.
 
-Blocking on purpose: reads run on read threads, and the shipper will run its
+Blocking on purpose: reads run on read threads, and the shipper runs its
 inserts on one too, never on the event loop.
+
+HTTP/1.0, one connection per query: ClickHouse then sends an answer as it is,
+where over HTTP/1.1 it sends it in chunks of a few KiB, each a read of its own
+that must take the GIL back. A page of rows is a few MiB; a scan reading ahead
+takes it in a few large reads while the caller decodes the page before.
 """
 
 from __future__ import annotations
 
 import base64
 import http.client
-import urllib.error
 import urllib.parse
-import urllib.request
 
 from stepline_daemon.cluster.url import ClusterUrl
 
@@ -31,6 +34,16 @@ class ClickHouseUnavailable(ClickHouseError):
         return f"ClickHouse did not answer: {self.message}"
 
 
+class _Http10(http.client.HTTPConnection):
+    _http_vsn = 10
+    _http_vsn_str = "HTTP/1.0"
+
+
+class _Https10(http.client.HTTPSConnection):
+    _http_vsn = 10
+    _http_vsn_str = "HTTP/1.0"
+
+
 class ClickHouse:
     def __init__(self, url: ClusterUrl, timeout: float = 10.0) -> None:
         self.url = url
@@ -43,30 +56,32 @@ class ClickHouse:
         ``settings``: ClickHouse settings for this query alone."""
         body = sql.encode() + (b"\n" + data if data else b"")
         query = urllib.parse.urlencode({"database": self.url.database, **settings})
-        req = urllib.request.Request(
-            self.url.endpoint + "?" + query,
-            data=body,
-            headers=self._headers,
-            method="POST",
-        )
+        kind = _Https10 if self.url.scheme == "https" else _Http10
+        conn = kind(self.url.host, self.url.port, timeout=self.timeout)
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                out: bytes = resp.read()
-                return out
-        except urllib.error.HTTPError as exc:
-            text = exc.read().decode("utf-8", "replace").strip()
-            raise ClickHouseError(exc.code, text) from None
-        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            conn.request("POST", "/?" + query, body=body, headers=self._headers)
+            resp = conn.getresponse()
+            out: bytes = resp.read()
+        except (OSError, http.client.HTTPException) as exc:
             # The address is the caller's to add: it is in every status line.
-            raise ClickHouseUnavailable(0, str(exc)) from None
+            raise ClickHouseUnavailable(0, str(exc) or type(exc).__name__) from None
+        finally:
+            conn.close()
+        if resp.status != 200:
+            raise ClickHouseError(resp.status, out.decode("utf-8", "replace").strip())
+        return out
 
-    def query(self, sql: str) -> list[list[str]]:
-        """Rows of a SELECT, as TabSeparated fields (unescaped).
+    def select(self, sql: str) -> bytes:
+        """A SELECT's answer, in the format ``sql`` names.
 
         Behind Distributed tables, a subquery runs on each shard's own table: a
         fork tree, and so everything one read joins, lives on one shard.
         """
-        text = self.execute(sql + " FORMAT TabSeparated", distributed_product_mode="local").decode()
+        return self.execute(sql, distributed_product_mode="local")
+
+    def query(self, sql: str) -> list[list[str]]:
+        """Rows of a SELECT (as ``select``), as TabSeparated fields (unescaped)."""
+        text = self.select(sql + " FORMAT TabSeparated").decode()
         return [[unescape(f) for f in line.split("\t")] for line in text.splitlines()]
 
 
