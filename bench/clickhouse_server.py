@@ -1,9 +1,9 @@
-"""A throwaway clickhouse-server for the cluster scenario.
+"""A throwaway clickhouse-server, for the cluster scenario and the tests.
 
 Debian's clickhouse-server (18.16 here) on two free loopback ports, with its
-config, data and logs in one directory the scenario owns. The bench keeps its
-own copy of this rather than importing ``tests/``: the harness runs from a
-checkout without the test tree on the path.
+config, data and logs in one directory its owner keeps. It lives here, not in
+``tests/``: the harness runs from a checkout without the test tree on the path,
+and the tests import it from here (``tests/clickhouse.py``).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ _CONFIG = """<?xml version="1.0"?>
   <default_profile>default</default_profile>
   <default_database>default</default_database>
   <mark_cache_size>268435456</mark_cache_size>
+  {extra}
 </yandex>
 """
 # One passwordless user, reachable from loopback only.
@@ -67,6 +68,7 @@ class ClickHouseServer:
         self.http = free_port()
         self.tcp = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
+        self.extra = ""  # more config inside <yandex>, e.g. remote_servers (tests' ``shards``)
 
     def url(self, database: str) -> str:
         """The address a daemon's ``--clickhouse`` and ``Api(clickhouse=)`` take."""
@@ -84,7 +86,9 @@ class ClickHouseServer:
         """Start the server; return once it answers a query."""
         self.root.mkdir(parents=True, exist_ok=True)
         config = self.root / "config.xml"
-        config.write_text(_CONFIG.format(root=self.root, http=self.http, tcp=self.tcp))
+        config.write_text(
+            _CONFIG.format(root=self.root, http=self.http, tcp=self.tcp, extra=self.extra)
+        )
         (self.root / "users.xml").write_text(_USERS)
         with open(self.root / "stdout.log", "ab") as out:
             self.proc = subprocess.Popen(
@@ -106,6 +110,13 @@ class ClickHouseServer:
                     self.stop()
                     raise RuntimeError(f"clickhouse-server did not start: {tail}") from None
                 time.sleep(0.05)  # polling a condition (the server answering), with a deadline
+
+    def kill(self) -> None:
+        """SIGKILL: whatever the server was doing stops mid-way."""
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
     def stop(self, grace: float = 3.0) -> None:
         """SIGTERM, then SIGKILL after ``grace``: 18.16 can take seconds to stop

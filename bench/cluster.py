@@ -229,7 +229,7 @@ def wait_caught_up(*nodes: DaemonProcess) -> float:
 def whole_rows(ch: ClickHouseServer, db: str) -> int:
     """Distinct whole rows (timeline, step) the cluster holds in ``db``."""
     got = ch.client(db).query(
-        f"SELECT count() FROM (SELECT DISTINCT timeline, step FROM {db}.history WHERE key = '')"
+        f"SELECT count() FROM (SELECT DISTINCT timeline, step FROM {db}.rows WHERE level = 0)"
     )
     return int(got[0][0])
 
@@ -317,7 +317,7 @@ def poll_arrivals(
             raise RuntimeError(f"lag: the cluster holds steps to {top} of {steps}")
         tick = time.perf_counter()
         try:
-            n, high = probe.query(f"SELECT count(), max(step) FROM {db}.history WHERE key = ''")[0]
+            n, high = probe.query(f"SELECT count(), max(step) FROM {db}.rows WHERE level = 0")[0]
             top = int(high) if n != "0" else -1
         except ClickHouseError:
             top = -1  # before the shipper's first round the tables do not exist

@@ -1,122 +1,26 @@
 """Real ClickHouse servers for tests: Debian's clickhouse-server on loopback
-ports, with a config in a temporary dir; and chDB, a current ClickHouse
-in-process. Both take the same SQL through the same two calls."""
+ports, with a config in a temporary dir (the bench's ``ClickHouseServer``, one
+copy for both); and chDB, a current ClickHouse in-process. Both take the same
+SQL through the same two calls.
+
+The fixtures ``clickhouse`` (one server per test module) and ``chdb_engine``
+are registered by ``tests/integration/conftest.py``.
+"""
 
 from __future__ import annotations
 
-import os
+import re
 import shutil
-import signal
-import socket
-import subprocess
 import tempfile
-import time
+from collections.abc import Iterator
 from pathlib import Path
 
-from stepline_daemon.cluster.client import ClickHouse, ClickHouseError
-from stepline_daemon.cluster.url import ClusterUrl
+import pytest
 
-SERVER = shutil.which("clickhouse-server") or "/usr/sbin/clickhouse-server"
+from bench.clickhouse_server import ClickHouseServer, free_port
+from stepline_daemon.cluster.client import ClickHouseError, unescape
 
-_CONFIG = """<?xml version="1.0"?>
-<yandex>
-  <logger><level>warning</level><log>{root}/server.log</log>
-    <errorlog>{root}/error.log</errorlog><console>0</console></logger>
-  <http_port>{http}</http_port>
-  <tcp_port>{tcp}</tcp_port>
-  <listen_host>127.0.0.1</listen_host>
-  <path>{root}/data/</path>
-  <tmp_path>{root}/tmp/</tmp_path>
-  <user_files_path>{root}/user_files/</user_files_path>
-  <format_schema_path>{root}/format_schemas/</format_schema_path>
-  <users_config>{root}/users.xml</users_config>
-  <default_profile>default</default_profile>
-  <default_database>default</default_database>
-  <mark_cache_size>268435456</mark_cache_size>
-  {extra}
-</yandex>
-"""
-_USERS = """<?xml version="1.0"?>
-<yandex>
-  <profiles><default></default></profiles>
-  <users><default><password></password>
-    <networks><ip>127.0.0.1</ip></networks>
-    <profile>default</profile><quota>default</quota></default></users>
-  <quotas><default></default></quotas>
-</yandex>
-"""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-class ClickHouseServer:
-    """One clickhouse-server process, its data in ``root``."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.http = _free_port()
-        self.tcp = _free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.extra = ""  # more config, e.g. remote_servers (see ``shards``)
-
-    def url(self, database: str = "stepline") -> ClusterUrl:
-        return ClusterUrl.parse(f"http://default@127.0.0.1:{self.http}/{database}")
-
-    def start(self, timeout: float = 30.0) -> ClickHouseServer:
-        self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / "config.xml").write_text(
-            _CONFIG.format(root=self.root, http=self.http, tcp=self.tcp, extra=self.extra)
-        )
-        (self.root / "users.xml").write_text(_USERS)
-        out = open(self.root / "stdout.log", "ab")  # noqa: SIM115 - the child's
-        self.proc = subprocess.Popen(
-            [SERVER, f"--config-file={self.root / 'config.xml'}"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        out.close()
-        client = ClickHouse(self.url("default"), timeout=1.0)
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                client.execute("SELECT 1")
-                return self
-            except ClickHouseError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    log = (
-                        (self.root / "error.log").read_text()
-                        if (self.root / "error.log").exists()
-                        else ""
-                    )
-                    self.stop()
-                    raise RuntimeError(f"clickhouse-server did not start: {log[-2000:]}") from None
-                time.sleep(0.05)  # polling a condition: the server answering
-
-    def kill(self) -> None:
-        """SIGKILL: whatever the server was doing stops mid-way."""
-        proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-    def stop(self, grace: float = 3.0) -> None:
-        """SIGTERM, then SIGKILL after ``grace``: a graceful stop of 18.16 can
-        take 8 s, which tests need not wait for."""
-        proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+__all__ = ["ChdbEngine", "ClickHouseServer", "chdb_engine", "clickhouse", "free_port", "shards"]
 
 
 def shards(name: str, servers: list[ClickHouseServer]) -> str:
@@ -129,6 +33,9 @@ def shards(name: str, servers: list[ClickHouseServer]) -> str:
     return f"<remote_servers><{name}>{parts}</{name}></remote_servers>"
 
 
+_NON_ASCII = re.compile(rb"[\x80-\xff]")
+
+
 class ChdbEngine:
     """chDB in-process, answering ``execute`` and ``query`` as ``ClickHouse`` does."""
 
@@ -139,19 +46,44 @@ class ChdbEngine:
         self.session = session.Session(self.dir)
 
     def execute(self, sql: str, data: bytes = b"") -> bytes:
-        text = sql + ("\n" + data.decode() if data else "")
+        # chDB takes text: bytes past ASCII (raw msgpack in the rows table's
+        # lines) travel as TabSeparated's \xNN escapes, which both engines read.
+        body = _NON_ASCII.sub(lambda m: b"\\x%02x" % m[0][0], data).decode("ascii")
+        text = sql + ("\n" + body if data else "")
         try:
             result = self.session.query(text, "TabSeparated")
         except Exception as exc:  # chdb raises its own ChdbError
             raise ClickHouseError(500, str(exc)) from None
         return bytes(result.bytes()) if result is not None else b""
 
-    def query(self, sql: str) -> list[list[str]]:
-        from stepline_daemon.cluster.client import unescape
+    def select(self, sql: str) -> bytes:
+        return self.execute(sql)
 
+    def query(self, sql: str) -> list[list[str]]:
         text = self.execute(sql).decode()
         return [[unescape(f) for f in line.split("\t")] for line in text.splitlines()]
 
     def close(self) -> None:
         self.session.close()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def clickhouse() -> Iterator[ClickHouseServer]:
+    """A clickhouse-server for a test module, its files under a short /tmp path."""
+    root = Path(tempfile.mkdtemp(prefix="ch-", dir="/tmp"))
+    server = ClickHouseServer(root).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def chdb_engine() -> Iterator[ChdbEngine]:
+    engine = ChdbEngine()
+    try:
+        yield engine
+    finally:
+        engine.close()

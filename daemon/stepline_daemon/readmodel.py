@@ -10,6 +10,7 @@ front end it came through.
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,16 +87,20 @@ class Rows:
 
     Whole rows stay as stored (``packed``: (key, msgpack map) pairs, the key's
     last 8 bytes the big-endian step) so a socket reply splices them untouched;
-    ``dicts`` decodes them for JSON and CSV.
+    ``dicts`` decodes them for JSON and CSV. A store may hand over ``decode``
+    instead: what makes the rows, called once, where they are used.
     """
 
     packed: list[tuple[bytes, bytes]] | None = None
     decoded: list[dict[str, Any]] | None = None
+    decode: Callable[[], list[dict[str, Any]]] | None = None
     next: int | None = None
     # False for a sample: one whole answer, with no next page.
     paged: bool = True
 
     def dicts(self) -> list[dict[str, Any]]:
+        if self.decoded is None and self.decode is not None:
+            self.decoded = self.decode()
         if self.decoded is None:
             unpack = msgpack.unpackb
             self.decoded = [

@@ -5,8 +5,6 @@ node's own ``Api`` reads."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -28,18 +26,9 @@ from tests.conftest import wait_for
 pytestmark = pytest.mark.timeout(300)
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[ClickHouseServer]:
-    root = Path(tempfile.mkdtemp(prefix="ch-", dir="/tmp"))
-    ch = ClickHouseServer(root).start()
-    yield ch
-    ch.stop()
-    shutil.rmtree(root, ignore_errors=True)
-
-
 @pytest.fixture
-def two_nodes(server: ClickHouseServer, short_tmp: Path) -> Iterator[tuple[Node, Node, str]]:
-    url = str(server.url(database())).replace("default@", "default:@")
+def two_nodes(clickhouse: ClickHouseServer, short_tmp: Path) -> Iterator[tuple[Node, Node, str]]:
+    url = str(clickhouse.url(database())).replace("default@", "default:@")
     a, b = Node(short_tmp, "node-a", url).start(), Node(short_tmp, "node-b", url).start()
     yield a, b, url
     for n in (a, b):
@@ -270,9 +259,9 @@ def _steady_writer(node: Node, stop: threading.Event) -> threading.Thread:
 
 
 def test_the_daemon_killed_10x_while_shipping_leaves_the_cluster_exact(
-    server: ClickHouseServer, short_tmp: Path
+    clickhouse: ClickHouseServer, short_tmp: Path
 ) -> None:
-    url = str(server.url(database()))
+    url = str(clickhouse.url(database()))
     a = Node(short_tmp, "node-a", url).start()
     stop = threading.Event()
     writer = _steady_writer(a, stop)
@@ -338,7 +327,7 @@ def test_two_shards_behind_a_distributed_table_read_exactly(short_tmp: Path) -> 
     db = database()
     try:
         for s in servers:
-            engine = ClickHouse(s.url("default"))
+            engine = s.client()
             for stmt in schema.sharded_statements(db, "pair"):
                 engine.execute(stmt)
         url = str(servers[0].url(db))
@@ -360,7 +349,7 @@ def test_two_shards_behind_a_distributed_table_read_exactly(short_tmp: Path) -> 
                 fork.finish()
                 with a.api() as api:
                     root = schema.timeline(a.store_id(), api.run(f"p/root{i}")._info["run_no"])
-                engine = ClickHouse(servers[0].url("default"))
+                engine = servers[0].client()
                 placed.add(engine.query(f"SELECT intHash64(toUInt64({root})) % 2")[0][0])
                 i += 1
             wait_replicated(a)
@@ -369,7 +358,7 @@ def test_two_shards_behind_a_distributed_table_read_exactly(short_tmp: Path) -> 
             held = [
                 {
                     int(tl): int(root)
-                    for tl, root in ClickHouse(s.url(db)).query(
+                    for tl, root in s.client(db).query(
                         "SELECT DISTINCT timeline, root FROM history_local"
                     )
                 }

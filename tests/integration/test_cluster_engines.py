@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +14,12 @@ import pytest
 from stepline_daemon.cluster import schema, sql
 from stepline_daemon.cluster.client import ClickHouse, ClickHouseError, ClickHouseUnavailable
 from stepline_daemon.cluster.encode import (
+    PAGE_COLUMNS,
     cluster_record,
     history_lines,
     record_of,
-    row_of,
+    row_lines,
+    rows_page,
     runs_line,
 )
 from stepline_daemon.cluster.url import ClusterUrl
@@ -28,33 +29,15 @@ DB = "stepline"
 TRICKY = ["", "plain", "tab\there", "line\nbreak", "back\\slash", "quote'd", "ünï©ødé", "\0nul"]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClickHouseServer]:
-    s = ClickHouseServer(tmp_path_factory.mktemp("ch")).start()
-    try:
-        yield s
-    finally:
-        s.stop()
-
-
-@pytest.fixture(scope="module")
-def chdb_engine() -> Iterator[ChdbEngine]:
-    e = ChdbEngine()
-    try:
-        yield e
-    finally:
-        e.close()
-
-
 @pytest.fixture(params=["clickhouse-18.16", "chdb"])
 def engine(
-    request: pytest.FixtureRequest, server: ClickHouseServer, chdb_engine: ChdbEngine
+    request: pytest.FixtureRequest, clickhouse: ClickHouseServer, chdb_engine: ChdbEngine
 ) -> Any:
-    e: Any = ClickHouse(server.url("default")) if request.param != "chdb" else chdb_engine
+    e: Any = clickhouse.client("default") if request.param != "chdb" else chdb_engine
     for stmt in schema.statements(DB):
         e.execute(stmt)
-    e.execute(f"TRUNCATE TABLE {DB}.history")
-    e.execute(f"TRUNCATE TABLE {DB}.runs")
+    for table in schema.TABLES:
+        e.execute(f"TRUNCATE TABLE {DB}.{table}")
     return e
 
 
@@ -87,22 +70,19 @@ def test_history_values_round_trip_and_a_batch_sent_twice_counts_once(engine: An
     ]
     tl = schema.timeline(5, 1)
     data = "".join(history_lines("p'1", tl, rows)).encode()
+    whole = b"".join(row_lines("p'1", tl, rows))
     for _ in range(2):  # a retry after a lost reply
         engine.execute(f"INSERT INTO {DB}.history FORMAT TabSeparated", data)
+        engine.execute(f"INSERT INTO {DB}.rows FORMAT TabSeparated", whole)
     project = sql.string("p'1")
     got = engine.query(
         f"SELECT timeline, key, step, num, f, v FROM {DB}.history FINAL "
         f"WHERE project = {project} ORDER BY step, key"
     )
     assert {int(r[0]) for r in got} == {tl}
-    values = {
-        (k, int(step)): row_of(v) if k == schema.ROW else json.loads(v)
-        for _, k, step, _, _, v in got
-    }
+    values = {(k, int(step)): json.loads(v) for _, k, step, _, _, v in got}
     want = {(k, step): v for step, vals in rows for k, v in vals.items()}
-    # One line per value, and per step one (key '') holding the whole row.
-    want.update({(schema.ROW, step): vals for step, vals in rows})
-    assert len(got) == len(want)
+    assert len(got) == len(want)  # one line per value
     assert values.keys() == want.keys()
     bad = [k for k in want if not _same(want[k], values[k])]
     assert not bad, [(k, want[k], values[k]) for k in bad]
@@ -113,6 +93,37 @@ def test_history_values_round_trip_and_a_batch_sent_twice_counts_once(engine: An
         assert num == ("1" if numeric else "0"), (k, value)
         if numeric:
             assert _same(float(f), float(value)), (k, f, value)
+    # The rows table: each row once at level 0, as users see it (``_step``
+    # first), raw msgpack read back as RowBinary; step 0 on the ladder's top.
+    every = engine.execute(
+        f"SELECT {PAGE_COLUMNS} FROM (SELECT step, v FROM {DB}.rows FINAL "
+        f"WHERE project = {project} AND level = 0 ORDER BY step) FORMAT RowBinary"
+    )
+    page = rows_page(every)
+    got_rows = list(zip(page.steps, page.decode(), strict=True))
+    want_rows = [(step, {"_step": step, **vals}) for step, vals in rows]
+    assert _same(dict(got_rows), dict(want_rows))
+    assert [s for s, _ in got_rows] == [s for s, _ in want_rows]
+    ladder = engine.query(f"SELECT level, step FROM {DB}.rows FINAL WHERE level > 0")
+    assert ladder == [[str(schema.LADDER_TOP), "0"]]
+
+
+@pytest.mark.parametrize(
+    "step, level",
+    [
+        (0, 32),
+        (1, 0),
+        (63, 0),
+        (64, 6),
+        (96, 0),
+        (128, 7),
+        (3 << 31, 31),
+        (3 << 40, 32),
+        (2**64 - 1, 0),
+    ],
+)
+def test_a_step_has_a_ladder_level_from_its_trailing_zero_bits(step: int, level: int) -> None:
+    assert schema.level_of(step) == level
 
 
 def test_a_run_record_collapses_to_its_newest_version(engine: Any) -> None:
@@ -143,9 +154,9 @@ def test_a_run_record_collapses_to_its_newest_version(engine: Any) -> None:
     assert engine.query(f"SELECT deleted, record FROM {DB}.runs FINAL") == [["2", ""]]
 
 
-def test_errors_are_typed(server: ClickHouseServer, tmp_path: Path) -> None:
+def test_errors_are_typed(clickhouse: ClickHouseServer, tmp_path: Path) -> None:
     with pytest.raises(ClickHouseError) as bad:
-        ClickHouse(server.url("default")).execute("SELECT bogus(")
+        clickhouse.client("default").execute("SELECT bogus(")
     assert bad.value.status == 400 and "Syntax error" in bad.value.message
     # Nothing listens on a port just freed: unavailable, quickly.
     gone = ClickHouseServer(tmp_path / "gone")

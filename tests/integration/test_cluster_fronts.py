@@ -10,11 +10,9 @@ import contextlib
 import http.client
 import re
 import select
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.parse
 import urllib.request
@@ -27,7 +25,7 @@ from playwright.sync_api import Browser, ConsoleMessage, Page
 
 import stepline
 from stepline import cli
-from tests.clickhouse import ClickHouseServer, _free_port
+from tests.clickhouse import ClickHouseServer, free_port
 from tests.cluster_nodes import Node, database, wait_replicated
 from tests.conftest import wait_for
 from tests.integration import test_dashboard
@@ -45,19 +43,10 @@ StartNode = Callable[..., Node]
 browser = test_dashboard.browser  # its module-scoped headless Chromium, a fixture here too
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[ClickHouseServer]:
-    root = Path(tempfile.mkdtemp(prefix="ch-", dir="/tmp"))
-    ch = ClickHouseServer(root).start()
-    yield ch
-    ch.stop()
-    shutil.rmtree(root, ignore_errors=True)
-
-
 @pytest.fixture
-def url(server: ClickHouseServer) -> str:
-    """A fresh, empty cluster database on the module's server."""
-    return str(server.url(database()))
+def url(clickhouse: ClickHouseServer) -> str:
+    """A fresh, empty cluster database on the module's clickhouse."""
+    return str(clickhouse.url(database()))
 
 
 @pytest.fixture
@@ -83,7 +72,7 @@ def start_node(short_tmp: Path) -> Iterator[StartNode]:
 
 def closed_url() -> str:
     """A cluster address where nothing listens."""
-    return f"http://default@127.0.0.1:{_free_port()}/{database()}"
+    return f"http://default@127.0.0.1:{free_port()}/{database()}"
 
 
 def log_run(node: Node, run_id: str, steps: range, scale: float = 1.0, **kw: Any) -> stepline.Run:

@@ -1,6 +1,6 @@
 """The cluster read model answers as the node's does: a real LMDB store, written
 into ClickHouse as a node ships it (every record with ``cluster_record``, every
-row with ``packed_history_lines``, a second shipment on top of the first so
+row with ``packed_history_lines`` and ``packed_row_lines``, a second shipment on top of the first so
 every batch lies there twice, merges stopped so the duplicates stay), then every
 read op through ``ops.answer`` on ``LmdbReads`` and on ``ClusterReads``, on both
 engines. Answers must be equal once the node's run numbers are mapped to
@@ -30,7 +30,12 @@ from stepline.rows import STEP_MAX
 from stepline_daemon import ops, readmodel
 from stepline_daemon.cluster import schema
 from stepline_daemon.cluster.client import ClickHouse
-from stepline_daemon.cluster.encode import cluster_record, packed_history_lines, runs_line
+from stepline_daemon.cluster.encode import (
+    cluster_record,
+    packed_history_lines,
+    packed_row_lines,
+    runs_line,
+)
 from stepline_daemon.cluster.reads import ClusterReads
 from stepline_daemon.cluster.url import ClusterUrl
 from stepline_daemon.store import Store, history, layout
@@ -123,7 +128,9 @@ class Node:
 
     def ship(self, engine: Any, version: int, db: str = DB) -> None:
         """Every record and every row, as TabSeparated inserts."""
-        runs, lines = [], []
+        runs: list[str] = []
+        lines: list[str] = []
+        whole: list[bytes] = []
         records = self.records()
         for run_no in records:
             # The fork tree's root: the sharding key of a Distributed table.
@@ -139,14 +146,17 @@ class Node:
                 crec = cluster_record(rec, self.store_id, NODE)
                 runs.append(runs_line(project, tl, crec, NODE, current, version, root))
                 own = [Segment(run_no, 0, STEP_MAX)]
-                rows = history.iter_rows(self.store, txn, own)
+                rows = list(history.iter_rows(self.store, txn, own))
                 lines.extend(packed_history_lines(project, tl, rows, root))
+                whole.extend(packed_row_lines(project, tl, rows, root))
         for project, run_no in self.purged:
             root = self.tl(self.roots[run_no])
             runs.append(runs_line(project, self.tl(run_no), None, NODE, False, version, root))
         engine.execute(f"INSERT INTO {db}.runs FORMAT TabSeparated", "".join(runs).encode())
         if lines:
             engine.execute(f"INSERT INTO {db}.history FORMAT TabSeparated", "".join(lines).encode())
+        if whole:
+            engine.execute(f"INSERT INTO {db}.rows FORMAT TabSeparated", b"".join(whole))
 
 
 def _row(i: int) -> dict[str, Any]:
@@ -188,6 +198,9 @@ def build(node: Node, engine: Any) -> dict[str, int]:
         values["mixed"] = float(i % 11) if i < 350 else (math.nan if i % 2 else f"s{i}")
     node.log(n["long"], long_rows)
     node.finish(n["long"])
+    n["odd"] = node.init("p", "odd")  # no step on the ladder: sampled from every row
+    node.log(n["odd"], [(2 * i + 1, {"v": float(i % 7), "w": float(i)}) for i in range(300)])
+    node.finish(n["odd"])
     n["huge"] = node.init("p", "huge")
     node.log(n["huge"], [(i * 2**55, {"v": float(i % 17), "w": -float(i)}) for i in range(200)])
     node.finish(n["huge"])
@@ -215,28 +228,10 @@ def build(node: Node, engine: Any) -> dict[str, int]:
 # ------------------------------------------------------------------ engines
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClickHouseServer]:
-    s = ClickHouseServer(tmp_path_factory.mktemp("ch")).start()
-    try:
-        yield s
-    finally:
-        s.stop()
-
-
-@pytest.fixture(scope="module")
-def chdb_engine() -> Iterator[ChdbEngine]:
-    e = ChdbEngine()
-    try:
-        yield e
-    finally:
-        e.close()
-
-
 def _fresh(engine: Any, db: str = DB) -> None:
     for stmt in schema.statements(db):
         engine.execute(stmt)
-    for table in ("runs", "history"):
+    for table in schema.TABLES:
         engine.execute(f"TRUNCATE TABLE {db}.{table}")
         # Duplicates must stay until reads collapse them, not a merge.
         engine.execute(f"SYSTEM STOP MERGES {db}.{table}")
@@ -258,14 +253,14 @@ class World:
 
 @pytest.fixture(scope="module", params=["clickhouse-18.16", "chdb"])
 def world(
-    request: pytest.FixtureRequest, server: ClickHouseServer, chdb_engine: ChdbEngine
+    request: pytest.FixtureRequest, clickhouse: ClickHouseServer, chdb_engine: ChdbEngine
 ) -> Iterator[World]:
     if request.param == "chdb":
         engine: Any = chdb_engine
         _fresh(engine)
     else:
-        _fresh(ClickHouse(server.url("default")))  # the database may not exist yet
-        engine = ClickHouse(server.url(DB))
+        _fresh(clickhouse.client("default"))  # the database may not exist yet
+        engine = clickhouse.client(DB)
     root = Path(tempfile.mkdtemp(prefix="sl-cluster-", dir=_TMP_ROOT))
     node = Node(root / "data")
     try:
@@ -444,11 +439,12 @@ def promises(rows: list[dict[str, Any]], exact: list[dict[str, Any]], keys: Any,
 
 def test_the_tables_hold_every_line_twice_and_reads_collapse_them(world: World) -> None:
     e = world.engine
-    raw = int(e.query(f"SELECT count() FROM {DB}.history")[0][0])
-    distinct = e.query(
-        f"SELECT count() FROM (SELECT DISTINCT timeline, key, step FROM {DB}.history)"
-    )
-    assert raw > int(distinct[0][0])
+    for table, identity in (("history", "key"), ("rows", "level")):
+        raw = int(e.query(f"SELECT count() FROM {DB}.{table}")[0][0])
+        distinct = e.query(
+            f"SELECT count() FROM (SELECT DISTINCT timeline, {identity}, step FROM {DB}.{table})"
+        )
+        assert raw > int(distinct[0][0]), table
     versions = e.query(f"SELECT count(), uniqExact(timeline) FROM {DB}.runs")
     assert int(versions[0][0]) > int(versions[0][1])
     rows = check_rows(world, "scan", {"project": "p", "id": "long", "limit": 100_000})
@@ -576,11 +572,28 @@ SAMPLE_KEYS: list[dict[str, Any]] = [
 ]
 
 
+@pytest.mark.parametrize("samples", [4, 7, 10])
+def test_a_long_view_downsamples_from_the_ladder(world: World, samples: int) -> None:
+    """Keyless, over 128 steps a sample: the first and last rows, and rows on
+    the ladder's rungs (steps multiples of 64 here) spread over the run."""
+    ref = {"project": "p", "id": "long", "samples": samples}
+    rows = ask(world.fresh_cluster(), "history", ref)["rows"]
+    steps = [r["_step"] for r in rows]
+    assert steps[0] == 0 and steps[-1] == 1398 and len(steps) == samples
+    assert all(s % 64 == 0 for s in steps[1:-1]), steps
+    gaps = [b - a for a, b in itertools.pairwise(steps)]
+    assert max(gaps) <= 2 * 1398 / (samples - 1) + 64, steps  # no rung far from even
+    with world.node.reads() as lmdb_model:
+        exact = {r["_step"]: r for r in pages(lmdb_model, "scan", {**ref, "limit": 100_000})}
+    assert all(same(r, exact[r["_step"]]) for r in rows)
+
+
 @pytest.mark.parametrize(
     "run, keys, samples",
     [
         ("long", SAMPLE_KEYS, (2, 7, 24, 1000)),
         ("huge", [*SAMPLE_KEYS[:3], *SAMPLE_KEYS[8:]], (3, 24)),
+        ("odd", [{}, {"keys": ["v"]}], (4, 7, 1000)),
         ("a", SAMPLE_KEYS, (2, 1000)),
         ("b", SAMPLE_KEYS[:5], (5,)),
         ("g", SAMPLE_KEYS[:2], (2,)),
@@ -646,11 +659,11 @@ def _script(data: st.DataObject, node: Node, project: str) -> None:
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(data=st.data())
-def test_random_forests_read_alike(server: ClickHouseServer, data: st.DataObject) -> None:
-    admin = ClickHouse(server.url("default"))
+def test_random_forests_read_alike(clickhouse: ClickHouseServer, data: st.DataObject) -> None:
+    admin = clickhouse.client("default")
     for stmt in schema.statements(HDB):
         admin.execute(stmt)
-    engine = ClickHouse(server.url(HDB))
+    engine = clickhouse.client(HDB)
     example = next(_examples)
     root = Path(tempfile.mkdtemp(prefix="sl-cluster-h-", dir=_TMP_ROOT))
     node = Node(root / "data", store_id=100 + example)
@@ -694,8 +707,8 @@ def test_an_unreachable_cluster_is_a_typed_error(tmp_path: Path) -> None:
     assert f"127.0.0.1:{gone.http}" in err.value.message and "secret" not in err.value.message
 
 
-def test_a_missing_database_is_a_daemon_error(server: ClickHouseServer) -> None:
-    reads = ClusterReads.of(ClickHouse(server.url("nothing_here")))
+def test_a_missing_database_is_a_daemon_error(clickhouse: ClickHouseServer) -> None:
+    reads = ClusterReads.of(clickhouse.client("nothing_here"))
     with pytest.raises(DaemonError) as err:
         ops.answer(reads, "info", {"project": "p", "id": "a"})
     assert not isinstance(err.value, ClusterUnavailable)

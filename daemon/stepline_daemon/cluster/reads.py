@@ -3,25 +3,32 @@ ClickHouse that answer as the node's LMDB store does (``store.reads``), with
 cluster timelines for run numbers and each run's ``node`` named.
 
 Records come from ``runs FINAL``, filtered only on columns every version of a
-timeline shares (project, timeline, id). Rows come from the whole-row history
-lines (key ``schema.ROW``), one per step (a batch inserted twice lies there
-twice until a merge: ``LIMIT 1 BY step``), a window of steps at a time;
-downsampling runs in SQL over the narrow lines. Literals go through ``sql``
-(18.16 has no query parameters), and nothing needs what 18.16 lacks (named
-subqueries, window functions, ``UNION DISTINCT``).
+timeline shares (project, timeline, id). Rows come from the rows table's level
+0, one per step (a batch inserted twice lies there twice until a merge:
+``LIMIT 1 BY step``), a window of steps at a time, a page as one RowBinary
+answer decoded in one msgpack call (``encode.rows_page``). Which rows hold
+which keys, and each key's extremes, come from the narrow history lines. A
+downsample of a long run reads the rows table's ladder; downsampling runs in
+SQL. Literals go through ``sql`` (18.16 has no query parameters), and nothing
+needs what 18.16 lacks (named subqueries, window functions, ``UNION DISTINCT``).
 """
 
 from __future__ import annotations
 
+import bisect
+import contextlib
+import functools
 import re
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from stepline.errors import ClusterUnavailable, DaemonError, RunNotFound
 from stepline_daemon import describe
 from stepline_daemon.cluster import sql
 from stepline_daemon.cluster.client import ClickHouse, ClickHouseError, ClickHouseUnavailable
-from stepline_daemon.cluster.encode import record_of, row_of
-from stepline_daemon.cluster.schema import ROW
+from stepline_daemon.cluster.encode import PAGE_COLUMNS, RawRows, record_of, rows_page
+from stepline_daemon.cluster.schema import LADDER_MIN, LADDER_TOP
 from stepline_daemon.describe import Record, Span
 from stepline_daemon.names import check_project, check_run_id
 from stepline_daemon.readmodel import (
@@ -43,13 +50,21 @@ WINDOW_ROUNDS = 4
 # Steps per ``step IN (...)`` list: far inside 18.16's 256 KiB max_query_size.
 STEPS_PER_QUERY = 8000
 _DATABASE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+# A keyless downsample reads the ladder when its view spans this many steps per
+# sample or more, and from its rungs about this many rows per sample: enough
+# that the rows it keeps lie near even steps.
+LADDER_SPAN = 1 << (LADDER_MIN + 1)
+LADDER_PER_SAMPLE = 2
 _INT64_LIMIT = 1 << 63
-# The history lines that hold whole rows.
-_ROWS = f"key = {sql.string(ROW)}"
+# Lines of the rows table: every row once (level 0), or the ladder's rungs.
+_EVERY_ROW = "level = 0"
 
 
 class Engine(Protocol):
-    """What reads need of a ClickHouse: a SELECT's rows as TabSeparated fields."""
+    """What reads need of a ClickHouse: a SELECT's answer as bytes (RowBinary),
+    or its rows as TabSeparated fields."""
+
+    def select(self, sql: str) -> bytes: ...
 
     def query(self, sql: str) -> list[list[str]]: ...
 
@@ -170,10 +185,13 @@ class Wanted:
             out += f" AND step IN ({holding(f'key = {sql.string(k)}')})"
         return out
 
-    def rows(self, lines: list[tuple[int, str]]) -> list[dict[str, Any]]:
-        """(step, row JSON) pairs as users see them, those that qualify."""
+    def rows(self, raw: RawRows) -> list[dict[str, Any]]:
+        """Rows read, as users see them: those that qualify."""
         keys, every = self.keys, self.require_all
-        return [r for s, v in lines if (r := select_values(row_of(v), s, keys, every))]
+        if keys is None:
+            return raw.decode()
+        decoded = zip(raw.steps, raw.decode(), strict=True)
+        return [r for s, v in decoded if (r := select_values(v, s, keys, every))]
 
 
 def _where(project: str, spans: list[Span], key_cond: str) -> str:
@@ -190,6 +208,19 @@ def _bucket(first: int, width: int, buckets: int) -> str:
     if (width - 1) * buckets < _INT64_LIMIT:
         return f"intDiv((step - {first}) * {buckets}, {width})"
     return f"intDiv(step - {first}, {-(-width // buckets)})"
+
+
+@dataclass(frozen=True)
+class View:
+    """A read's rows: its project, its spans (``describe.clip``ped), how many
+    rows a step holds on average (a hint for how wide a window to read), and
+    how many steps its spans cover up to their timelines' last steps (as the
+    records tell: rows may have arrived beyond them)."""
+
+    project: str
+    spans: list[Span]
+    density: float
+    width: int
 
 
 class ClusterReads(ReadModel):
@@ -222,8 +253,20 @@ class ClusterReads(ReadModel):
 
     def query(self, text: str) -> list[list[str]]:
         """``text``'s rows; ClickHouse's failures as the daemon's typed errors."""
-        try:
+        with self._asking():
             return self.engine.query(text)
+
+    def lines(self, subquery: str) -> RawRows:
+        """The rows ``subquery`` selects (its columns ``step`` and ``v``), in step order."""
+        with self._asking():
+            return rows_page(
+                self.engine.select(f"SELECT {PAGE_COLUMNS} FROM ({subquery}) FORMAT RowBinary")
+            )
+
+    @contextlib.contextmanager
+    def _asking(self) -> Iterator[None]:
+        try:
+            yield
         except ClickHouseUnavailable as exc:
             raise ClusterUnavailable(f"cluster store {self.name}: {exc.message}") from None
         except ClickHouseError as exc:
@@ -305,91 +348,104 @@ class ClusterReads(ReadModel):
             raise RunNotFound(f"project {project!r} does not exist")
         return project
 
-    def _spans(self, ref: RunRef, query: RowQuery) -> tuple[str, list[Span], float]:
-        """The view's project, its spans within the query's steps, and how many
-        rows a step holds on average (a hint for how wide a window to read)."""
+    def _spans(self, ref: RunRef, query: RowQuery) -> View:
+        """The view's project and spans within the query's steps, with what the
+        records tell of them (see :class:`View`)."""
         rec = self.target(ref)
         src = self.records(rec["project"])
         segs = describe.segments(src, rec, query.include_parent)
-        rows = extent = 0
+        rows = extent = width = 0
+        spans = describe.clip(segs, query.min_step, query.max_step)
         for tl, _, _ in segs:
             r = src.record(tl)
             first = 0 if r["parent"] is None else r["parent"][1] + 1
             rows += r["rows"]
             extent += max(1, r["last_step"] - first + 1)
+        for tl, lo, hi in spans:
+            r = src.record(tl)
+            first = 0 if r["parent"] is None else r["parent"][1] + 1
+            width += max(0, min(hi, r["last_step"]) - max(lo, first) + 1)
         density = min(1.0, max(rows, 1) / max(extent, 1))
-        return rec["project"], describe.clip(segs, query.min_step, query.max_step), density
+        return View(rec["project"], spans, density, width)
 
     # ---------------------------------------------------------- rows
 
     def rows(self, ref: RunRef, query: RowQuery) -> Rows:
-        project, spans, density = self._spans(ref, query)
+        view = self._spans(ref, query)
         wanted = Wanted(query.keys, query.require_all)
-        if not spans or wanted.nothing:
+        if not view.spans or wanted.nothing:
             return Rows(decoded=[])
-        lines, nxt = self._page(project, spans, wanted, query.limit, density)
+        raw, nxt = self._page(view, wanted, query.limit)
         size = 0
-        for i, (step, v) in enumerate(lines):
+        for i, n in enumerate(raw.sizes):
             if size > MAX_PAGE_BYTES:  # as LmdbReads: a page ends early past this
-                return Rows(decoded=wanted.rows(lines[:i]), next=step)
-            size += len(v)
-        return Rows(decoded=wanted.rows(lines), next=nxt)
+                raw, nxt = raw.head(i), raw.steps[i]
+                break
+            size += n
+        # Decoded where the rows are used: a scan reading ahead asks ClickHouse
+        # for the next page while the caller decodes this one.
+        return Rows(decode=functools.partial(wanted.rows, raw), next=nxt)
 
-    def _page(
-        self, project: str, spans: list[Span], wanted: Wanted, limit: int, density: float
-    ) -> tuple[list[tuple[int, str]], int | None]:
-        """At most ``limit`` qualifying (step, row JSON) pairs from the start of
-        ``spans``, and the step of the next one (None: there is none).
+    def _page(self, view: View, wanted: Wanted, limit: int) -> tuple[RawRows, int | None]:
+        """At most ``limit`` qualifying rows from the start of the view, and the
+        step of the next one (None: there is none).
 
         Read a window of steps at a time, never the whole view: steps are unique
         in a view, so ``need`` steps hold at most ``need`` rows, and a window is
         widened from how many rows the last one held.
         """
         need = limit + 1  # one more: where the next page starts
-        got: list[tuple[int, str]] = []
+        got: list[RawRows] = []
+        held = 0
+        spans = view.spans
         lo, end = spans[0][1], spans[-1][2]
-        width = max(need, int(need / density))
+        width = max(need, int(need / view.density))
         for round_no in range(WINDOW_ROUNDS):
             last = round_no == WINDOW_ROUNDS - 1 or end - lo < width
             hi = end if last else lo + width - 1
-            found = self._fetch(project, describe.clip(spans, lo, hi + 1), wanted, need - len(got))
-            got += found
-            if len(got) >= need or hi >= end:
+            found = self._fetch(view.project, describe.clip(spans, lo, hi + 1), wanted, need - held)
+            got.append(found)
+            held += len(found)
+            if held >= need or hi >= end:
                 break
             lo = hi + 1
-            grow = (need - len(got)) / len(found) * 1.25 if found else 16
+            grow = (need - held) / len(found) * 1.25 if len(found) else 16
             width = int(width * max(2, min(grow, 1 << 20)))
-        if len(got) > limit:
-            return got[:limit], got[limit][0]
-        return got, None
+        raw = RawRows.join(got)
+        if held > limit:
+            return raw.head(limit), raw.steps[limit]
+        return raw, None
 
     def _fetch(
         self, project: str, spans: list[Span], wanted: Wanted, limit: int = 0, extra: str = ""
-    ) -> list[tuple[int, str]]:
-        """(step, row JSON) of the qualifying rows in ``spans``, in step order,
-        one per step; at most ``limit`` (0: all), ``extra`` another condition."""
+    ) -> RawRows:
+        """The qualifying rows in ``spans``, in step order, one per step; at most
+        ``limit`` (0: all), ``extra`` another condition."""
         if not spans:
-            return []
-        where = _where(project, spans, _ROWS)
+            return RawRows()
+        where = _where(project, spans, _EVERY_ROW)
         steps = wanted.steps(self.db, project, spans)
         if steps is not None:
             where += f" AND step IN ({steps})"
         if extra:
             where += f" AND {extra}"
         tail = f" LIMIT {limit}" if limit else ""
-        rows = self.query(
-            f"SELECT step, v FROM {self.db}.history WHERE {where} "
-            f"ORDER BY step LIMIT 1 BY step{tail}"
+        return self.lines(
+            f"SELECT step, v FROM {self.db}.rows WHERE {where} ORDER BY step LIMIT 1 BY step{tail}"
         )
-        return [(int(step), v) for step, v in rows]
 
     # -------------------------------------------------------- sample
 
     def sample(self, ref: RunRef, query: RowQuery, samples: int) -> Rows:
-        project, spans, _ = self._spans(ref, query)
+        view = self._spans(ref, query)
+        project, spans = view.project, view.spans
         wanted = Wanted(query.keys, query.require_all)
         if not spans or wanted.nothing:
             return Rows(decoded=[], paged=False)
+        if query.keys is None and samples > 3 and view.width >= LADDER_SPAN * samples:
+            laddered = self._ladder(view, samples)
+            if laddered is not None:
+                return Rows(decoded=wanted.rows(laddered), paged=False)
         budget = samples if query.keys is None else samples * EXACT_PER_SAMPLE
         n, lo, hi = self._extent(project, spans, budget)
         if n == 0:
@@ -410,11 +466,72 @@ class ClusterReads(ReadModel):
             rows = [rows[i] for i in decimate(rows, query.keys, samples)]
         return Rows(decoded=rows, paged=False)
 
+    def _ladder(self, view: View, samples: int) -> RawRows | None:
+        """At most ``samples`` rows of a long view: its first and last, and
+        between them rows spread evenly over the ladder's rungs at a stride of
+        steps that gives about LADDER_PER_SAMPLE rows per sample (contiguous
+        lines, where evenly spaced single rows would each cost a compressed
+        block). None: the ladder holds too few of the view's rows (steps that
+        miss its strides): the caller picks from every row instead."""
+        project, spans, db = view.project, view.spans, self.db
+        levels = self.query(
+            f"SELECT level, count(), min(step), max(step) FROM {db}.rows "
+            f"WHERE {_where(project, spans, f'level >= {LADDER_MIN}')} GROUP BY level"
+        )
+        # Rows per level (each step once, duplicates aside), from the top down.
+        counts = sorted(((int(lv), int(n), int(a), int(b)) for lv, n, a, b in levels), reverse=True)
+        total = sum(n for _, n, _, _ in counts)
+        if total < samples:
+            return None
+        level, held, first, last = LADDER_TOP, 0, None, None
+        for rung, n, a, b in counts:
+            level, held = rung, held + n
+            first = a if first is None else min(first, a)
+            last = b if last is None else max(last, b)
+            if held >= LADDER_PER_SAMPLE * samples:
+                break
+        assert first is not None and last is not None
+        start, end = spans[0][1], spans[-1][2]
+        rungs = (
+            f"SELECT step, v FROM {db}.rows WHERE {_where(project, spans, f'level >= {level}')} "
+            "ORDER BY step LIMIT 1 BY step"
+        )
+        # The view's first and last rows lie before the first rung and after the
+        # last: short ranges of every row.
+        head = _where(project, describe.clip(spans, start, first + 1), _EVERY_ROW)
+        foot = _where(project, describe.clip(spans, last, end + 1), _EVERY_ROW)
+        ends = (
+            f"SELECT step, v FROM {db}.rows WHERE {head} ORDER BY step LIMIT 1",
+            f"SELECT step, v FROM {db}.rows WHERE {foot} ORDER BY step DESC LIMIT 1",
+        )
+        got = self.lines(
+            f"SELECT step, v FROM ({rungs}) UNION ALL SELECT step, v FROM ({ends[0]}) "
+            f"UNION ALL SELECT step, v FROM ({ends[1]})"
+        )
+        # The ends may be rungs too: each step once.
+        firsts: dict[int, int] = {}
+        for i, step in enumerate(got.steps):
+            firsts.setdefault(step, i)
+        ordered = [firsts[s] for s in sorted(firsts)]
+        if len(ordered) <= 2:
+            return got.take(ordered)
+        inner = [got.steps[i] for i in ordered[1:-1]]
+        lo, hi = got.steps[ordered[0]], got.steps[ordered[-1]]
+        chosen = set()
+        for i in range(1, samples - 1):  # the rung nearest each even step between
+            target = lo + (hi - lo) * i // (samples - 1)
+            j = bisect.bisect_left(inner, target)
+            if j == len(inner) or (j > 0 and target - inner[j - 1] <= inner[j] - target):
+                j -= 1
+            if j >= 0:
+                chosen.add(j)
+        return got.take([ordered[0], *(ordered[j + 1] for j in sorted(chosen)), ordered[-1]])
+
     def _extent(self, project: str, spans: list[Span], cap: int) -> tuple[int, int, int]:
         """How many rows ``spans`` hold (counted up to ``cap + 1``: a DISTINCT
         with a LIMIT stops reading there), and their first and last step."""
-        where = _where(project, spans, _ROWS)
-        table = f"{self.db}.history"
+        where = _where(project, spans, _EVERY_ROW)
+        table = f"{self.db}.rows"
         rows = self.query(
             f"SELECT (SELECT count() FROM (SELECT DISTINCT step FROM {table} WHERE {where} "
             f"LIMIT {cap + 1})), min(step), max(step) FROM {table} WHERE {where}"
@@ -425,11 +542,13 @@ class ClusterReads(ReadModel):
     def _qualifying(self, project: str, spans: list[Span], wanted: Wanted) -> str:
         """A subquery of the steps in ``spans`` whose rows qualify."""
         steps = wanted.steps(self.db, project, spans)
-        return steps or f"SELECT step FROM {self.db}.history WHERE {_where(project, spans, _ROWS)}"
+        return (
+            steps or f"SELECT step FROM {self.db}.rows WHERE {_where(project, spans, _EVERY_ROW)}"
+        )
 
     def _evenly(
         self, project: str, spans: list[Span], steps: str, lo: int, hi: int, samples: int
-    ) -> list[tuple[int, str]]:
+    ) -> RawRows:
         """Rows at most ``samples``: the first of each of ``samples - 1`` even
         buckets of ``steps`` (a subquery) from ``lo`` to ``hi``, and the last."""
         bucket = _bucket(lo, hi - lo + 1, samples - 1)
@@ -437,30 +556,28 @@ class ClusterReads(ReadModel):
         extra = f"(step IN ({firsts}) OR step = {hi})"
         return self._fetch(project, spans, Wanted(None, True), extra=extra)
 
-    def _extremes(
-        self, project: str, spans: list[Span], wanted: Wanted, samples: int
-    ) -> list[tuple[int, str]]:
+    def _extremes(self, project: str, spans: list[Span], wanted: Wanted, samples: int) -> RawRows:
         """``sampling.decimate`` of the qualifying rows, in SQL: the first and
         the last, and per bucket of steps each key's minimum and maximum, or
         the bucket's first row when it holds nothing numeric."""
         steps = self._qualifying(project, spans, wanted)
         rows = self.query(f"SELECT count(), min(step), max(step) FROM ({steps})")
         if rows[0][0] == "0":
-            return []
+            return RawRows()
         a, b = int(rows[0][1]), int(rows[0][2])
         metrics = [k for k in wanted.keys or () if k != "_step"] or ["_step"]
         buckets = (samples - 2) // (2 * len(metrics))
         if buckets < 1:
             return self._evenly(project, spans, steps, a, b, samples)
         picks = self._picks(project, describe.clip(spans, a, b + 1), wanted, metrics, buckets)
-        out: list[tuple[int, str]] = []
+        out: list[RawRows] = []
         ordered = sorted(picks)
         for i in range(0, len(ordered), STEPS_PER_QUERY):
             chunk = ordered[i : i + STEPS_PER_QUERY]
             part = describe.clip(spans, chunk[0], chunk[-1] + 1)
             listed = ", ".join(map(str, chunk))
-            out += self._fetch(project, part, Wanted(None, True), extra=f"step IN ({listed})")
-        return out
+            out.append(self._fetch(project, part, Wanted(None, True), extra=f"step IN ({listed})"))
+        return RawRows.join(out)
 
     def _picks(
         self, project: str, within: list[Span], wanted: Wanted, metrics: list[str], buckets: int
@@ -471,7 +588,7 @@ class ClusterReads(ReadModel):
         steps = self._qualifying(project, within, wanted)
         bucket = _bucket(a, b - a + 1, buckets)
         parts = [
-            f"SELECT 0 AS kind, {bucket} AS b, {sql.string(ROW)} AS k, min(step), max(step) "
+            f"SELECT 0 AS kind, {bucket} AS b, '' AS k, min(step), max(step) "
             f"FROM ({steps}) GROUP BY b"
         ]
         numeric = sorted({k for k in metrics if k not in ("_step", "")})

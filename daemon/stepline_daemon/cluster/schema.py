@@ -1,7 +1,7 @@
 """The cluster's tables. Every row's identity is its sort key in a
 ReplacingMergeTree, so a batch inserted twice (a lost reply, a crash between
 the insert and the cursor's move) collapses to one; reads collapse what is not
-merged yet (``FINAL`` on runs, one line per step on history).
+merged yet (``FINAL`` on runs, one line per step and key on history and rows).
 
 Written for both engines the tests run: Debian's ClickHouse 18.16 (no named
 subqueries, window functions, TTL, CODEC or LowCardinality) and a current one.
@@ -51,9 +51,7 @@ ORDER BY (project, timeline)
 # Narrow: one line per (timeline, key, step), so one key over a step range is
 # one primary-key range; ``f`` is the value as a number when it is one (for
 # charts' extremes), ``v`` the value as JSON (NaN and the infinities as Python's
-# json spells them). Key '' (no user key is empty) marks each row: its ``v`` is
-# the whole row as the node stores it (msgpack, base64), so whole-row reads and
-# sampling read one line per step and decode it as fast as the node does.
+# json spells them). Reads filter rows by key here, and find each key's extremes.
 HISTORY = """
 CREATE TABLE IF NOT EXISTS {db}.history (
     project String,
@@ -68,7 +66,41 @@ CREATE TABLE IF NOT EXISTS {db}.history (
 ORDER BY (project, timeline, key, step)
 """
 
-ROW = ""  # the key of the line that holds a whole row
+# Whole rows, one line per step at level 0: ``v`` the row as a msgpack map
+# (raw bytes; ClickHouse strings are bytes) with ``_step`` first, so a reader
+# decodes a page of rows with one msgpack call and no work per row. Besides it,
+# a row whose step is a multiple of 2**LADDER_MIN has a second line at the level
+# of its step's trailing zero bits (at most LADDER_TOP): the ladder. Rows of a
+# step multiple of 2**k are then one primary-key range (levels k and up), so a
+# downsample of a long run reads a few thousand contiguous rows instead of
+# single rows spread over the whole run, each costing a compressed block.
+# Small granules: a page or a ladder range reads little past its ends.
+ROWS = """
+CREATE TABLE IF NOT EXISTS {db}.rows (
+    project String,
+    timeline UInt64,
+    level UInt8,
+    step UInt64,
+    v String,
+    root UInt64
+) ENGINE = ReplacingMergeTree
+ORDER BY (project, timeline, level, step)
+SETTINGS index_granularity = 1024
+"""
+
+LADDER_MIN = 6  # every 64th step has a ladder line: 1/64 more lines
+LADDER_TOP = 32  # the level of step 0, and of every step with more trailing zeros
+
+
+def level_of(step: int) -> int:
+    """The ladder level of a row at ``step``: 0 (none) below LADDER_MIN trailing zero bits."""
+    if step == 0:
+        return LADDER_TOP
+    zeros = (step & -step).bit_length() - 1
+    return 0 if zeros < LADDER_MIN else min(zeros, LADDER_TOP)
+
+
+TABLES = ("runs", "history", "rows")
 
 
 def statements(database: str) -> list[str]:
@@ -77,22 +109,24 @@ def statements(database: str) -> list[str]:
         f"CREATE DATABASE IF NOT EXISTS {database}",
         RUNS.format(db=database).strip(),
         HISTORY.format(db=database).strip(),
+        ROWS.format(db=database).strip(),
     ]
 
 
 def sharded_statements(database: str, cluster: str) -> list[str]:
     """DDL for a sharded cluster store, run on every server of ``cluster`` (a
-    ``remote_servers`` entry): the tables above as ``runs_local`` and
-    ``history_local`` on each, and ``runs``/``history`` as Distributed tables
-    over them, sharded by a hash of ``root`` so a fork tree lives on one shard. Nodes and
-    readers then use ``runs`` and ``history`` as on one server."""
+    ``remote_servers`` entry): the tables above as ``runs_local``,
+    ``history_local`` and ``rows_local`` on each, and Distributed tables under
+    the plain names over them, sharded by a hash of ``root`` so a fork tree
+    lives on one shard. Nodes and readers then use them as on one server."""
     local = [
         RUNS.format(db=database).replace(".runs (", ".runs_local (").strip(),
         HISTORY.format(db=database).replace(".history (", ".history_local (").strip(),
+        ROWS.format(db=database).replace(".rows (", ".rows_local (").strip(),
     ]
     dist = [
         f"CREATE TABLE IF NOT EXISTS {database}.{t} AS {database}.{t}_local "
         f"ENGINE = Distributed({cluster}, {database}, {t}_local, intHash64(root))"
-        for t in ("runs", "history")
+        for t in TABLES
     ]
     return [f"CREATE DATABASE IF NOT EXISTS {database}", *local, *dist]

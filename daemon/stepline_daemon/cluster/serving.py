@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -23,7 +23,7 @@ from stepline_daemon.cluster.client import ClickHouse
 from stepline_daemon.cluster.reads import ClusterReads
 from stepline_daemon.cluster.url import BadClusterUrl, ClusterUrl
 from stepline_daemon.metrics import Metrics
-from stepline_daemon.readmodel import plain
+from stepline_daemon.readmodel import Rows, plain
 
 # A live view of a cluster run polls: nothing tells this process of commits on
 # the nodes, and replication itself lags by about this much.
@@ -49,6 +49,21 @@ def answer(client: ClickHouse, op: str, msg: dict[str, Any]) -> Any:
         )
     # ClusterReads turns ClickHouse's failures into the typed errors themselves.
     return plain(ops.answer(ClusterReads.of(client), op, msg))
+
+
+def page(reads: ClusterReads, msg: dict[str, Any]) -> tuple[int | None, Callable[[], Any]]:
+    """A page of a paged read (``scan``, ``page``): where the next one starts,
+    and what makes this one as a client decodes it. The rows are decoded there,
+    by the caller, so a reader may ask for the next page first.
+
+    ``reads`` may serve a read's every page: the run's records, read for its
+    first page, then stand for the whole read (a rewind meanwhile does not
+    switch it to the new timeline half way).
+    """
+    rows = ops.answer(reads, msg["op"], msg)
+    if not isinstance(rows, Rows) or not rows.paged:
+        raise RequestError(f"{msg['op']!r} is not a paged read")
+    return rows.next, rows.plain
 
 
 class ClusterSource:

@@ -62,6 +62,19 @@ def plan(entries: Iterator[changes.Entry], max_rows: int = BATCH_ROWS) -> Plan |
     return out
 
 
+@dataclass(frozen=True)
+class Bodies:
+    """The INSERT bodies of some rows: the history table's and the rows table's."""
+
+    history: bytes = b""
+    rows: bytes = b""
+    count: int = 0  # rows (steps) they hold
+
+    @property
+    def size(self) -> int:
+        return len(self.history) + len(self.rows)
+
+
 Snapshot = Callable[[], AbstractContextManager[lmdb.Transaction]]
 
 
@@ -88,25 +101,23 @@ class Builder:
             self._roots[run_no] = found
         return timeline(self.store_id, found)
 
-    def history_chunks(self, p: Plan) -> Iterator[tuple[bytes, int]]:
-        """INSERT bodies of every row range in ``p``, and how many rows each holds."""
+    def history_chunks(self, p: Plan) -> Iterator[Bodies]:
+        """INSERT bodies of every row range in ``p``."""
         for run_no, (lo, hi) in sorted(p.rows.items()):
             start = lo
             while start <= hi:
                 with self.snapshot() as txn:
-                    chunk, rows, start = self._chunk(txn, run_no, start, hi)
-                if chunk:
-                    yield chunk, rows
+                    chunk, start = self._chunk(txn, run_no, start, hi)
+                if chunk.count:
+                    yield chunk
 
-    def _chunk(
-        self, txn: lmdb.Transaction, run_no: int, start: int, hi: int
-    ) -> tuple[bytes, int, int]:
-        """Lines for up to CHUNK_ROWS rows of ``run_no`` from ``start``, how many
-        rows, and where the next chunk starts (past ``hi``: done)."""
+    def _chunk(self, txn: lmdb.Transaction, run_no: int, start: int, hi: int) -> tuple[Bodies, int]:
+        """Lines for up to CHUNK_ROWS rows of ``run_no`` from ``start``, and where
+        the next chunk starts (past ``hi``: done)."""
         try:
             rec = self.store.record(txn, run_no)
         except Exception:  # purged since, or never committed: nothing to ship
-            return b"", 0, hi + 1
+            return Bodies(), hi + 1
         taken: list[tuple[int, bytes]] = []
         nxt = hi + 1
         for step, blob in history.iter_rows(self.store, txn, [Segment(run_no, start, hi)]):
@@ -115,8 +126,10 @@ class Builder:
                 break
             taken.append((step, blob))
         tl, root = timeline(self.store_id, run_no), self.root(txn, rec)
-        lines = encode.packed_history_lines(rec["project"], tl, taken, root)
-        return "".join(lines).encode(), len(taken), nxt
+        project = rec["project"]
+        lines = encode.packed_history_lines(project, tl, taken, root)
+        rows = encode.packed_row_lines(project, tl, taken, root)
+        return Bodies("".join(lines).encode(), b"".join(rows), len(taken)), nxt
 
     def runs_body(
         self, p: Plan, version: int, gone: Callable[[set[int]], dict[int, tuple[str, int]]]
@@ -164,15 +177,19 @@ def own_range(store_id: int) -> tuple[int, int]:
     return store_id << RUN_BITS, (store_id + 1) << RUN_BITS
 
 
-def batched(items: Iterator[tuple[bytes, int]], limit: int) -> Iterator[tuple[bytes, int]]:
+def batched(items: Iterator[Bodies], limit: int) -> Iterator[Bodies]:
     """Join small bodies up to ``limit`` bytes: fewer, larger inserts (parts)."""
-    buf: list[bytes] = []
-    size = rows = 0
-    for body, n in itertools.chain(items, [(b"", 0)]):
-        if body and size + len(body) <= limit:
-            buf.append(body)
-            size, rows = size + len(body), rows + n
+    buf: list[Bodies] = []
+    size = 0
+    for chunk in itertools.chain(items, [Bodies()]):
+        if chunk.count and size + chunk.size <= limit:
+            buf.append(chunk)
+            size += chunk.size
             continue
         if buf:
-            yield b"".join(buf), rows
-        buf, size, rows = ([body], len(body), n) if body else ([], 0, 0)
+            yield Bodies(
+                b"".join(c.history for c in buf),
+                b"".join(c.rows for c in buf),
+                sum(c.count for c in buf),
+            )
+        buf, size = ([chunk], chunk.size) if chunk.count else ([], 0)

@@ -215,8 +215,12 @@ class Shipper:
             self._schema_ready = True
         db = self.url.database
         first = True
-        for body, _ in ship.batched(self.builder.history_chunks(p), INSERT_BYTES):
-            self.client.execute(f"INSERT INTO {db}.history FORMAT TabSeparated", body, **SYNC)
+        for bodies in ship.batched(self.builder.history_chunks(p), INSERT_BYTES):
+            self.client.execute(f"INSERT INTO {db}.rows FORMAT TabSeparated", bodies.rows, **SYNC)
+            if bodies.history:  # rows of no value (init's step) make no history lines
+                self.client.execute(
+                    f"INSERT INTO {db}.history FORMAT TabSeparated", bodies.history, **SYNC
+                )
             self.progress.inserts += 1
             if first and self.crash:
                 self.crash.reached("receive", "ship")  # mid-batch: rows in, records not
@@ -246,9 +250,10 @@ class Shipper:
         Behind Distributed tables the operator runs it on the shards' local tables."""
         listed = ", ".join(map(str, timelines))
         try:
-            self.client.execute(
-                f"ALTER TABLE {self.url.database}.history DELETE WHERE timeline IN ({listed})"
-            )
+            for table in ("history", "rows"):
+                self.client.execute(
+                    f"ALTER TABLE {self.url.database}.{table} DELETE WHERE timeline IN ({listed})"
+                )
         except ClickHouseError as exc:
             log.warning("shipper: purged rows stay in the cluster, hidden (%s)", exc.message)
 
