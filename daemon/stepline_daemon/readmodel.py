@@ -18,6 +18,8 @@ import msgpack
 
 from stepline.errors import RequestError
 from stepline.rows import STEP_MAX
+from stepline_daemon import describe
+from stepline_daemon.describe import Record
 from stepline_daemon.names import check_project
 
 # One page is bounded so a single request cannot build an unbounded reply.
@@ -133,17 +135,25 @@ class ReadModel(abc.ABC):
         """Each run id's current timeline, described (no lineage)."""
 
     @abc.abstractmethod
+    def target(self, ref: RunRef) -> Record:
+        """The record of the timeline a read names; else RunNotFound."""
+
+    @abc.abstractmethod
+    def describe(self, rec: Record, full: bool = False) -> dict[str, Any]:
+        """A timeline as readers see it (``describe.describe`` over the store's records)."""
+
     def info(self, ref: RunRef, full: bool = True) -> dict[str, Any]:
         """One timeline described; ``full`` adds config, lineage, children and
         archived timelines (each a walk of the fork forest)."""
+        return self.describe(self.target(ref), full)
 
-    @abc.abstractmethod
     def state(self, ref: RunRef) -> dict[str, Any]:
         """What a live view polls: cheap, no summary or lineage."""
+        return describe.state(self.target(ref))
 
-    @abc.abstractmethod
     def keys(self, ref: RunRef, include_parent: bool = True) -> list[str]:
         """Every key a run's view holds: user keys in name order, then ``_`` ones."""
+        return describe.keys(self.target(ref), include_parent)
 
     @abc.abstractmethod
     def tree(self, project: str) -> list[dict[str, Any]]:

@@ -387,7 +387,7 @@ def check_sample(w: World, msg: dict[str, Any], samples: int) -> None:
     got = ask(w.fresh_cluster(), "history", cluster_msg(w.node, msg))
     assert not isinstance(got, Exception), (msg, got)
     n = len(in_range)
-    budget = samples * 4  # LmdbReads.READ_PER_SAMPLE, ClusterReads.EXACT_PER_SAMPLE
+    budget = samples * 4  # LmdbReads.READ_PER_SAMPLE, downsample.EXACT_PER_SAMPLE
     if keys is None:
         whole = n <= samples
     else:

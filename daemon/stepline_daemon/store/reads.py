@@ -59,15 +59,6 @@ class LmdbReads(ReadModel):
     def tree(self, project: str) -> list[dict[str, Any]]:
         return describe.timelines(self.records, self._project(project))
 
-    def info(self, ref: RunRef, full: bool = True) -> dict[str, Any]:
-        return self.describe(self.target(ref), full)
-
-    def state(self, ref: RunRef) -> dict[str, Any]:
-        return describe.state(self.target(ref))
-
-    def keys(self, ref: RunRef, include_parent: bool = True) -> list[str]:
-        return describe.keys(self.target(ref), include_parent)
-
     def rows(self, ref: RunRef, query: RowQuery) -> Rows:
         segs = self._segments(ref, query)
         q = query
