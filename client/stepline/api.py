@@ -92,6 +92,8 @@ class Api:
     def close(self) -> None:
         with self._lock:
             self._drop()
+        if self._cluster is not None:
+            self._cluster.close()  # scans reading ahead stop
 
     def status(self) -> dict[str, Any]:
         """The daemon's own report: pid, version, uptime, clients, rows, errors."""

@@ -13,6 +13,7 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -24,7 +25,11 @@ import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page
 
 import stepline
+import stepline.cluster
 from stepline import cli
+from stepline.errors import DaemonError
+from stepline_daemon.cluster.client import ClickHouse
+from stepline_daemon.cluster.url import ClusterUrl
 from tests.clickhouse import ClickHouseServer, free_port
 from tests.cluster_nodes import Node, database, wait_replicated
 from tests.conftest import wait_for
@@ -350,3 +355,35 @@ def test_metrics_of_a_replicating_node_give_the_lag(url: str, start_node: StartN
     assert behind["stepline_replication_lag_rows"] == 7  # fresh: read at the scrape
     assert behind["stepline_replication_lag_seconds"] > 0
     assert behind["stepline_replication_shipped_rows"] == 0
+
+
+def test_an_api_scan_of_the_cluster_reads_ahead_and_stops_when_left(
+    url: str, start_node: StartNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(stepline.cluster, "SCAN_PAGE", 1)  # pages of page_size: many, read ahead
+    a = start_node("node-a", url)
+    log_run(a, "base", range(600)).finish()
+    log_run(a, "kid", range(301, 900), 0.5, fork_from="base?_step=300").finish()
+    wait_replicated(a)
+
+    def readers() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "stepline-scan" and t.is_alive()]
+
+    with a.api() as node_api, stepline.Api(clickhouse=url) as cluster:
+        for run_id, rows in (("base", 600), ("kid", 900)):
+            want = list(node_api.run(f"{P}/{run_id}").scan_history())
+            got = list(cluster.run(f"{P}/{run_id}").scan_history(page_size=50))
+            assert len(got) == rows and got == want, run_id
+        # Left half way: the reader holds its pages ahead until the Api closes.
+        left = cluster.run(f"{P}/kid").scan_history(page_size=50)
+        assert [next(left)["_step"] for _ in range(120)] == list(range(120))
+        assert readers()
+        # A failure while reading ahead reaches the caller, typed, at its page.
+        broken = cluster.run(f"{P}/base").scan_history(page_size=50, min_step=100)
+        assert next(broken)["_step"] == 100
+        cluster_url = ClusterUrl.parse(url)
+        ClickHouse(cluster_url).execute(f"DROP TABLE {cluster_url.database}.rows")
+        with pytest.raises(DaemonError, match="failed a read"):
+            for _ in broken:
+                pass
+    wait_for(lambda: not readers(), 10, "the scan readers to stop once the Api closed")
