@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import math
 import secrets
+import socket
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -152,3 +154,61 @@ def _diff(got: Any, want: Any) -> str:
         k = next(k for k in keys if got.get(k) != want.get(k))
         return f"[{k!r}]: " + _diff(got.get(k), want.get(k))
     return f"{got!r} != {want!r}"
+
+
+class Gate:
+    """A TCP relay to a ClickHouse server that a test can shut for one node:
+    while shut it refuses every connection, as a server that is down."""
+
+    def __init__(self, upstream: int) -> None:
+        self.upstream = upstream
+        self._open = threading.Event()
+        self._open.set()
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._sock.getsockname()[1]
+        threading.Thread(target=self._serve, name="gate", daemon=True).start()
+
+    def url(self, database: str) -> str:
+        return f"http://default@127.0.0.1:{self.port}/{database}"
+
+    def shut(self) -> None:
+        self._open.clear()
+
+    def open(self) -> None:
+        self._open.set()
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return  # closed
+            if not self._open.is_set():
+                conn.close()
+                continue
+            threading.Thread(target=self._relay, args=(conn,), daemon=True).start()
+
+    def _relay(self, conn: socket.socket) -> None:
+        try:
+            up = socket.create_connection(("127.0.0.1", self.upstream), timeout=30)
+        except OSError:
+            conn.close()
+            return
+
+        def pump(src: socket.socket, dst: socket.socket) -> None:
+            try:
+                while data := src.recv(1 << 16):
+                    dst.sendall(data)
+                dst.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+        back = threading.Thread(target=pump, args=(up, conn), daemon=True)
+        back.start()
+        pump(conn, up)
+        back.join(60)
+        conn.close()
+        up.close()

@@ -199,6 +199,20 @@ class Connection(asyncio.Protocol):
             # the whole decoded batch, until the cyclic GC runs.
             req.refusal = exc.with_traceback(None)
             exc.__context__ = None  # an inner error's frames, the same
+        if isinstance(req.msg, messages.Init) and self.hub.settings.clickhouse is not None:
+            # It may continue a run only the cluster holds: asked off the loop,
+            # then written. Logging (this connection's too) goes on meanwhile.
+            self.hub.loop.create_task(self._init_via_cluster(req, cost))
+            return
+        self._submit(req, cost)
+
+    async def _init_via_cluster(self, req: WriteRequest, cost: int) -> None:
+        assert isinstance(req.msg, messages.Init)
+        try:
+            req.msg = await self.hub.continuing(req.msg)
+        except Error as exc:
+            req.refusal = exc.with_traceback(None)
+            exc.__context__ = None
         self._submit(req, cost)
 
     def _submit(self, req: WriteRequest, cost: int) -> None:

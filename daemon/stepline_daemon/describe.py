@@ -164,6 +164,11 @@ def describe(src: Records, rec: Record, full: bool = False) -> dict[str, Any]:
     if parent is not None:
         p = src.record(parent[0])
         out["parent"] = {"id": p["id"], "run_no": p["run_no"], "step": parent[1]}
+    origin = rec.get("origin")
+    if origin is not None:
+        # Continued from a timeline of another node: where the history before
+        # ``step`` lives (on a node, its own rows start after it).
+        out["origin"] = {k: origin[k] for k in ("node", "cluster", "timeline", "step")}
     if full:
         out["client"] = rec["client"]  # who created (or last resumed) it
         out["peer"] = rec.get("peer")  # uid, gid, pid, host of that process

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import multiprocessing
 import os
@@ -15,11 +16,11 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any
 
 from stepline import __version__, protocol
-from stepline.errors import DaemonError
+from stepline.errors import ClusterUnavailable, DaemonError
 from stepline_daemon import ops, read_worker, render
 from stepline_daemon.backup import Backups
 from stepline_daemon.faults import CrashPoints
-from stepline_daemon.messages import Barrier
+from stepline_daemon.messages import Barrier, Init
 from stepline_daemon.settings import Settings
 from stepline_daemon.store.reads import LmdbReads
 from stepline_daemon.store.records import Store
@@ -30,6 +31,9 @@ if TYPE_CHECKING:
     from stepline_daemon.connection import Connection
 
 log = logging.getLogger("stepline.server")
+
+# How long an ``init`` continuing a run this node lacks waits for the cluster.
+CLUSTER_ASK_S = 10.0
 
 Delivery = list[tuple[Callable[[dict[str, Any]], None], dict[str, Any]]]
 
@@ -150,6 +154,39 @@ class Hub:
         with self.gate.shared(), self.store.env.begin() as txn:
             result = ops.answer(LmdbReads(self.store, txn), op, msg)
         return render.render(spec, result)
+
+    async def continuing(self, init: Init) -> Init:
+        """``init``, with the cluster's head of the run it continues when this
+        node replicates to a cluster and lacks that run (``cluster.heads``)."""
+        if self.settings.clickhouse is None:
+            return init
+        from stepline_daemon.cluster import heads  # a standalone node never loads it
+
+        if heads.continued(init) is None:
+            return init
+        return await self.loop.run_in_executor(self.reads, self._continuing_here, init)
+
+    def _continuing_here(self, init: Init) -> Init:
+        from stepline_daemon.cluster import heads
+        from stepline_daemon.cluster.client import ClickHouse
+        from stepline_daemon.cluster.reads import ClusterReads
+
+        url = self.settings.clickhouse
+        target = heads.continued(init)
+        assert url is not None and target is not None
+        run_id, step = target
+        with self.gate.shared(), self.store.env.begin() as txn:
+            if self.store.lookup(txn, init.project, run_id) is not None:
+                return init  # this node's own: continued here, as ever
+        reads = ClusterReads.of(ClickHouse(url, timeout=CLUSTER_ASK_S))
+        try:
+            origin = heads.head(reads, init.project, run_id, step)
+        except ClusterUnavailable as exc:
+            raise ClusterUnavailable(
+                f"run {run_id!r} of project {init.project!r} is not on this node, and the "
+                f"cluster could not be asked ({exc})"
+            ) from None
+        return init if origin is None else dataclasses.replace(init, origin=origin)
 
     async def backup(self, msg: dict[str, Any]) -> dict[str, Any]:
         """File work, so on a read thread; not a read of the model."""

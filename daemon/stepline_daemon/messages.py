@@ -38,6 +38,31 @@ class Ref:
 
 
 @dataclass(frozen=True)
+class Origin:
+    """The remote timeline a new local one continues, as the cluster store holds
+    it (``cluster.heads``): ``init`` of a run this node lacks."""
+
+    timeline: int  # its cluster timeline
+    step: int  # the step the local timeline branches at (its view up to here)
+    last_step: int  # the remote view's last step (a branch must not pass it)
+    node: str
+    cluster: str  # the cluster store's address (no password)
+    root: int  # the root timeline of its fork tree: the sharding key
+    record: dict[str, Any] = field(default_factory=dict)  # the remote record
+    stats: summary.Stats = field(default_factory=dict)  # of its view up to ``step``
+
+    def pointer(self) -> dict[str, Any]:
+        """What the local record keeps: the parent pointer into the cluster."""
+        return {
+            "timeline": self.timeline,
+            "step": self.step,
+            "node": self.node,
+            "cluster": self.cluster,
+            "root": self.root,
+        }
+
+
+@dataclass(frozen=True)
 class Init:
     project: str
     run_id: str | None
@@ -48,6 +73,7 @@ class Init:
     peer: dict[str, Any] | None
     fork_from: Ref | None = None
     resume_from: Ref | None = None
+    origin: Origin | None = None  # set when the run continues one in the cluster
 
 
 @dataclass(frozen=True)

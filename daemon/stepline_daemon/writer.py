@@ -20,7 +20,7 @@ from typing import Any, cast
 
 import lmdb
 
-from stepline.errors import DaemonError, RequestError, SeqGap, StorageFull
+from stepline.errors import DaemonError, Error, RequestError, SeqGap, StorageFull
 from stepline_daemon import replies
 from stepline_daemon.faults import CrashPoints
 from stepline_daemon.messages import Barrier, Batch, Cursor, Disconnect, Token, Write
@@ -50,7 +50,9 @@ class WriteRequest:
     # rid, run_no and seq as the client sent them, for the reply.
     echo: dict[str, Any] = field(default_factory=dict)
     # Refused on the loop already; the writer still records a batch's seq, in order.
-    refusal: RequestError | None = None
+    # Why it is answered with an error instead of applied: the request's fault
+    # (a RequestError), or a source it needed failed (the cluster store).
+    refusal: Error | None = None
     # A savepointed request's token, read even when the rest was refused: a
     # token already used for another request is what the client hears of first.
     token: Token | None = None
@@ -281,6 +283,8 @@ class Writer:
         done = None if token is None else tokens.outcome(self._store, txn, req.op, token)
         refusal, req.refusal = req.refusal, None  # no cycle through req
         if done is None and refusal is not None:
+            if not isinstance(refusal, RequestError):
+                return replies.error(refusal, req.echo)  # nothing written, nothing to undo
             raise refusal
         if done is None:  # not a resend of a request already applied
             apply = OPS[req.op].apply

@@ -267,6 +267,9 @@ def cluster_record(record: Mapping[str, Any], store_id: int, node: str) -> dict[
     parent = record.get("parent")
     if parent is not None:
         out["parent"] = [timeline(store_id, parent[0]), parent[1]]
+    origin = record.get("origin")
+    if origin is not None:  # continues a timeline of another node: already a cluster one
+        out["parent"] = [origin["timeline"], origin["step"]]
     if record.get("archived_by") is not None:
         out["archived_by"] = timeline(store_id, record["archived_by"])
     out["node"] = node

@@ -79,7 +79,65 @@ class ProjectRecords:
             rec = record_of(blob) if deleted != "2" else None
             self._lines[int(tl)] = (current == "1", int(deleted), rec)
             out.append(int(tl))
+        self._settle(out)
         return out
+
+    def _settle(self, timelines: list[int]) -> None:
+        """One current timeline per run id, where nodes disagree (``timelines``
+        holds every timeline of the ids it holds).
+
+        Each node ships the timeline it holds as current. A run continued on
+        another node (``cluster.heads``) has two: the newer descends from the
+        older, which is then archived by it, as a rewind's old timeline is
+        (rows the older node ships late stay there, readable). Two unrelated
+        timelines of one id (created on two nodes at about the same time) both
+        stay: the one created first is the run, the other is flagged
+        ``duplicate_of`` it, readable by its timeline.
+        """
+        by_id: dict[str, list[int]] = {}
+        for tl in timelines:
+            current, deleted, rec = self._lines[tl]
+            if current and not deleted and rec is not None:
+                by_id.setdefault(rec["id"], []).append(tl)
+        for group in by_id.values():
+            if len(group) < 2:
+                continue
+            chains = {tl: self._ancestors(tl) for tl in group}
+            heads = []
+            for tl in group:
+                # The nearest descendant in the group, if any, archives it.
+                below = [(chains[d].index(tl), d) for d in group if tl in chains[d]]
+                if below:
+                    self._retire(tl, archived_by=min(below)[1])
+                else:
+                    heads.append(tl)
+            heads.sort(key=lambda tl: (self._record_of(tl)["created"], tl))
+            for tl in heads[1:]:
+                self._retire(tl, duplicate_of=heads[0])
+            if len(heads) > 1:
+                self._record_of(heads[0])["duplicates"] = heads[1:]
+
+    def _ancestors(self, tl: int) -> list[int]:
+        """The timelines ``tl``'s view branches from, nearest first."""
+        out: list[int] = []
+        parent = self._record_of(tl)["parent"]
+        while parent is not None and parent[0] not in out:
+            out.append(parent[0])
+            rec = self.get(parent[0])
+            parent = None if rec is None else rec["parent"]
+        return out
+
+    def _record_of(self, tl: int) -> Record:
+        rec = self._lines[tl][2]
+        assert rec is not None
+        return rec
+
+    def _retire(self, tl: int, **why: int) -> None:
+        """``tl`` is not its id's current timeline after all (see ``_settle``)."""
+        _, deleted, rec = self._lines[tl]
+        assert rec is not None
+        rec = {**rec, **{k: v for k, v in why.items() if rec.get(k) is None}}
+        self._lines[tl] = (False, deleted, rec)
 
     def _all(self) -> dict[int, tuple[bool, int, Record | None]]:
         if not self._whole:
@@ -90,7 +148,12 @@ class ProjectRecords:
     def get(self, run_no: int) -> Record | None:
         """The record of a timeline of this project; None when there is none."""
         if run_no not in self._lines and not self._whole:
-            self._load(f" AND timeline = {sql.number(run_no)}")
+            # With the other timelines of its id, on every shard: whether it is
+            # current is settled among them.
+            self._load(
+                f" AND id GLOBAL IN (SELECT id FROM {self.reads.db}.runs "
+                f"WHERE timeline = {sql.number(run_no)})"
+            )
         line = self._lines.get(run_no)
         return None if line is None else line[2]
 
@@ -207,8 +270,18 @@ class ClusterReads(ReadModel):
         return describe.timelines(self.records(self._project(project)), project)
 
     def describe(self, rec: Record, full: bool = False) -> dict[str, Any]:
-        out = describe.describe(self.records(rec["project"]), rec, full)
+        src = self.records(rec["project"])
+        out = describe.describe(src, rec, full)
         out["node"] = rec.get("node")
+        # One id created on two nodes: the later timeline is flagged, not lost.
+        if rec.get("duplicate_of") is not None:
+            out["duplicate_of"] = rec["duplicate_of"]
+        if rec.get("duplicates"):
+            out["duplicates"] = [
+                {"run_no": tl, "node": d.get("node"), "created": d["created"]}
+                for tl in rec["duplicates"]
+                if (d := src.get(tl)) is not None
+            ]
         return out
 
     def records(self, project: str) -> ProjectRecords:

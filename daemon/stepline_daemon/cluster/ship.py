@@ -87,19 +87,21 @@ class Builder:
         self.snapshot = snapshot
         self.store_id = store_id
         self.node = node
-        self._roots: dict[int, int] = {}  # run_no -> its tree's root run_no (never changes)
+        self._roots: dict[int, int] = {}  # run_no -> its tree's root timeline (never changes)
 
     def root(self, txn: lmdb.Transaction, rec: dict[str, Any]) -> int:
         """The timeline of the root of ``rec``'s fork tree: the sharding key."""
         run_no: int = rec["run_no"]
         found = self._roots.get(run_no)
         if found is None:
-            found, parent = run_no, rec["parent"]
-            while parent is not None:
-                found = parent[0]
-                parent = self.store.record(txn, found)["parent"]
+            top = rec
+            while top["parent"] is not None:
+                top = self.store.record(txn, top["parent"][0])
+            # A tree continued from another node's (``origin``) is that tree.
+            origin = top.get("origin")
+            found = origin["root"] if origin else timeline(self.store_id, top["run_no"])
             self._roots[run_no] = found
-        return timeline(self.store_id, found)
+        return found
 
     def history_chunks(self, p: Plan) -> Iterator[Bodies]:
         """INSERT bodies of every row range in ``p``."""

@@ -29,6 +29,7 @@ from stepline_daemon.messages import (
     DefineMetric,
     Finish,
     Init,
+    Origin,
     SetConfig,
     SetSummary,
 )
@@ -46,6 +47,8 @@ _ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 
 def init(store: Store, txn: lmdb.Transaction, req: Init, client: str) -> dict[str, Any]:
     """Create, fork, rewind or resume a run, as ``init`` asks."""
+    if req.origin is not None:
+        return _from_cluster(store, txn, req, client, req.origin)
     if req.fork_from is not None:
         return _fork(store, txn, req, client)
     if req.resume_from is not None:
@@ -106,6 +109,48 @@ def _rewind(store: Store, txn: lmdb.Transaction, req: Init, client: str) -> dict
     old["updated"] = rec["created"]
     store.put_record(txn, old)
     return _created(store, txn, rec, "rewind")
+
+
+def _from_cluster(
+    store: Store, txn: lmdb.Transaction, req: Init, client: str, origin: Origin
+) -> dict[str, Any]:
+    """A local timeline continuing a run held in the cluster (``origin``): a
+    fork, a rewind or a resume of it, by the same rules as a local one. Its
+    parent pointer names the remote timeline; no row is copied, and the summary
+    statistics of the remote view up to the branch step are inherited."""
+    remote = origin.record
+    if req.fork_from is not None:
+        ref, how = req.fork_from, "fork"
+        if req.run_id == ref.run_id:
+            raise InvalidFork(f"fork_from: the child id {req.run_id!r} is the parent's own id")
+        if ref.step > origin.last_step:
+            raise InvalidFork(
+                f"fork_from: step {ref.step} is beyond parent {ref.run_id!r}'s last step "
+                f"{origin.last_step}"
+            )
+        if req.run_id is not None and store.lookup(txn, req.project, req.run_id) is not None:
+            raise RunExists(f"run {req.run_id!r} already exists in project {req.project!r}")
+        run_id = req.run_id if req.run_id is not None else _fresh_id(store, txn, req.project)
+    else:
+        ref_step = req.resume_from.step if req.resume_from is not None else None
+        if ref_step is not None and ref_step > origin.last_step:
+            raise InvalidResume(
+                f"resume_from: step {ref_step} is beyond run {remote['id']!r}'s last step "
+                f"{origin.last_step}"
+            )
+        run_id, how = remote["id"], "rewind" if req.resume_from is not None else "resume"
+    _count_run(store, txn, req.project)
+    rec = _new_record(store, txn, req, client, run_id, None, origin.step)
+    if how != "fork":  # the same run: its config, name, tags and metrics go on
+        rec["config"] = {**remote["config"], **req.config}
+        rec["name"] = req.name if req.name is not None else remote["name"]
+        rec["tags"] = req.tags or remote["tags"]
+        rec["metrics"] = dict(remote["metrics"])
+    if how == "resume":
+        rec["summary_set"] = dict(remote["summary_set"])
+    rec["origin"] = origin.pointer()
+    rec["inherited"] = origin.stats
+    return _created(store, txn, rec, how)
 
 
 def _resume(

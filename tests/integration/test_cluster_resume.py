@@ -1,0 +1,279 @@
+"""Runs that move between nodes: a preempted job resumed on another node, forks
+and rewinds of another node's runs, rows a dead node ships late, one id made
+on two nodes, and a cluster that cannot be asked. Real daemons as nodes, a real
+clickhouse-server, real training processes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import stepline
+from stepline.errors import ClusterUnavailable
+from tests.clickhouse import ClickHouseServer, free_port
+from tests.cluster_nodes import Gate, Node, database, wait_replicated
+
+pytestmark = pytest.mark.timeout(240)
+
+P = "jobs"
+# A training process: continues run argv[2] (resume="allow") on the daemon at
+# argv[1]; each line on stdin "LO HI" logs steps LO..HI-1 (loss and the node's
+# name), flushes and says "ok"; it then waits for more, until killed.
+TRAINER = """
+import sys, stepline
+socket_path, run_id, where = sys.argv[1:4]
+run = stepline.init(project="jobs", id=run_id, resume="allow", socket=socket_path)
+print("start", run.start_step, flush=True)
+for line in sys.stdin:
+    lo, hi = map(int, line.split())
+    for s in range(lo, hi):
+        run.log({"loss": 1.0 / (s + 1), "where": where}, step=s, commit=True)
+    run.flush()
+    print("ok", flush=True)
+"""
+
+StartNode = Callable[..., Node]
+
+
+@pytest.fixture
+def start_node(short_tmp: Path) -> Iterator[StartNode]:
+    started: list[Node] = []
+
+    def start(name: str, url: str) -> Node:
+        node = Node(short_tmp, name, url).start()
+        started.append(node)
+        return node
+
+    yield start
+    for node in started:
+        if node.alive:
+            assert node.stop() == 0, node.log()
+        assert "Traceback" not in node.log(), node.log()
+
+
+@pytest.fixture
+def url(clickhouse: ClickHouseServer) -> str:
+    return clickhouse.url(database())
+
+
+class Trainer:
+    """A training process on a node, driven step range by step range."""
+
+    def __init__(self, node: Node, run_id: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", TRAINER, str(node.socket), run_id, node.name],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.start_step = int(self._line().split()[1])
+
+    def _line(self) -> str:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        assert line, f"the trainer exited with {self.proc.wait()}"
+        return line
+
+    def log(self, lo: int, hi: int) -> None:
+        """Steps lo..hi-1 logged and acknowledged by the daemon."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(f"{lo} {hi}\n")
+        self.proc.stdin.flush()
+        assert self._line() == "ok\n"
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+
+
+def steps_and_nodes(rows: list[dict[str, Any]]) -> list[tuple[int, str]]:
+    return [(r["_step"], r["where"]) for r in rows]
+
+
+def test_a_preempted_job_resumes_on_another_node(url: str, start_node: StartNode) -> None:
+    a, b = start_node("node-a", url), start_node("node-b", url)
+    first = Trainer(a, "job")
+    assert first.start_step == 0
+    first.log(0, 5000)
+    first.kill()  # preempted: SIGKILL, no finish
+    wait_replicated(a)
+
+    # Requeued on node B, which has never heard of the run.
+    run = stepline.init(project=P, id="job", resume="must", socket=str(b.socket))
+    assert run.start_step == 5000
+    for s in range(5000, 10_000):
+        run.log({"loss": 1.0 / (s + 1), "where": "node-b"}, step=s)
+    run.finish()
+    wait_replicated(b)
+
+    with stepline.Api(clickhouse=url) as cluster:
+        whole = cluster.run(f"{P}/job")
+        rows = list(whole.scan_history())
+        assert [r["_step"] for r in rows] == list(range(10_000))  # each once
+        assert all(r["loss"] == 1.0 / (r["_step"] + 1) for r in rows)
+        assert {r["where"] for r in rows[:5000]} == {"node-a"}
+        assert {r["where"] for r in rows[5000:]} == {"node-b"}
+        info = cluster._call({"op": "info", "project": P, "id": "job", "full": True})
+        assert info["node"] == "node-b" and info["state"] == "finished"
+        assert info["summary"]["loss"] == 1.0 / 10_000
+        assert info["last_step"] == 9999
+        assert [(x["step"], x["last_step"]) for x in info["archived"]] == [(4999, 4999)]
+        history = whole.history(keys=["loss"], samples=100_000, pandas=False)
+        assert [r["_step"] for r in history] == list(range(10_000))
+
+    # Node B shows its part, and where the rest lives.
+    with b.api() as mine:
+        own = list(mine.run(f"{P}/job").scan_history())
+        assert [r["_step"] for r in own] == list(range(5000, 10_000))
+        origin = mine._call({"op": "info", "project": P, "id": "job"})["origin"]
+        assert origin["node"] == "node-a" and origin["step"] == 4999
+        assert origin["cluster"] == url
+
+
+def test_rows_a_dead_node_ships_late_become_an_archived_timeline(
+    clickhouse: ClickHouseServer, url: str, start_node: StartNode
+) -> None:
+    db = url.rsplit("/", 1)[1]
+    gate = Gate(clickhouse.http)
+    try:
+        a = start_node("node-a", gate.url(db))
+        b = start_node("node-b", url)
+        first = Trainer(a, "job")
+        first.log(0, 1000)
+        wait_replicated(a)
+        gate.shut()  # A's rows from here on stay on A
+        first.log(1000, 2000)
+        a.kill()  # the node dies with them unshipped
+        first.kill()
+
+        run = stepline.init(project=P, id="job", resume="must", socket=str(b.socket))
+        assert run.start_step == 1000  # the last step the cluster has, plus one
+        for s in range(1000, 1500):
+            run.log({"loss": 1.0 / (s + 1), "where": "node-b"}, step=s)
+        run.finish()
+        wait_replicated(b)
+
+        gate.open()
+        a.start()  # back: it ships its tail, late
+        wait_replicated(a)
+    finally:
+        gate.close()
+
+    with stepline.Api(clickhouse=url) as cluster:
+        live = steps_and_nodes(list(cluster.run(f"{P}/job").scan_history()))
+        assert live == [(s, "node-a") for s in range(1000)] + [
+            (s, "node-b") for s in range(1000, 1500)
+        ]
+        info = cluster._call({"op": "info", "project": P, "id": "job", "full": True})
+        assert info["node"] == "node-b"
+        [old] = info["archived"]
+        assert (old["step"], old["last_step"]) == (999, 1999)
+        tail = steps_and_nodes(list(cluster.timeline(P, old["run_no"]).scan_history()))
+        assert tail == [(s, "node-a") for s in range(2000)]  # nothing lost
+        assert [r.id for r in cluster.runs(P)] == ["job"]
+
+
+def test_forks_and_rewinds_of_another_nodes_run(url: str, start_node: StartNode) -> None:
+    a, b = start_node("node-a", url), start_node("node-b", url)
+    base = stepline.init(project=P, id="base", socket=str(a.socket), config={"lr": 0.1})
+    for s in range(100):
+        base.log({"loss": float(s), "where": "node-a"}, step=s)
+    base.finish()
+    wait_replicated(a)
+
+    kid = stepline.init(project=P, id="kid", fork_from="base?_step=50", socket=str(b.socket))
+    assert kid.start_step == 51
+    kid.define_metric("loss", summary="max")
+    for s in range(51, 80):
+        kid.log({"loss": -float(s), "where": "node-b"}, step=s)
+    kid.finish()
+    again = stepline.init(project=P, id="base", resume_from="base?_step=30", socket=str(b.socket))
+    assert again.start_step == 31 and again.config["lr"] == 0.1
+    again.define_metric("loss", summary="mean")
+    for s in range(31, 41):
+        again.log({"loss": 100.0 + s, "where": "node-b"}, step=s)
+    again.finish()
+    with pytest.raises(stepline.errors.InvalidFork, match="beyond parent 'base'"):
+        stepline.init(project=P, id="late", fork_from="base?_step=500", socket=str(b.socket))
+    wait_replicated(a, b)
+
+    with stepline.Api(clickhouse=url) as cluster:
+        kid_rows = list(cluster.run(f"{P}/kid").scan_history())
+        assert [(r["_step"], r["loss"]) for r in kid_rows] == [(s, float(s)) for s in range(51)] + [
+            (s, -float(s)) for s in range(51, 80)
+        ]
+        base_rows = list(cluster.run(f"{P}/base").scan_history())
+        assert [(r["_step"], r["loss"]) for r in base_rows] == [
+            (s, float(s)) for s in range(31)
+        ] + [(s, 100.0 + s) for s in range(31, 41)]
+        # Statistics inherited at the branch step, from the cluster (base's
+        # rows up to it), with the run's own: a kid's max is base's step 50;
+        # base's mean is over 0..30 (computed in SQL, its view's middle) and 131..140.
+        info = cluster._call({"op": "info", "project": P, "id": "kid", "full": True})
+        assert info["summary"]["loss"] == 50.0
+        assert [x["id"] for x in info["lineage"]] == ["base"]
+        base_info = cluster._call({"op": "info", "project": P, "id": "base", "full": True})
+        assert base_info["node"] == "node-b"
+        mean = (sum(range(31)) + sum(100.0 + s for s in range(31, 41))) / 41
+        assert base_info["summary"]["loss"] == pytest.approx(mean)
+        assert [(x["step"], x["last_step"]) for x in base_info["archived"]] == [(30, 99)]
+        keys = cluster._call({"op": "keys", "project": P, "id": "kid"})["keys"]
+        assert {"loss", "where"} <= set(keys)
+    with b.api() as mine:  # node B's own view: its rows, its summary, the origin
+        kid_info = mine._call({"op": "info", "project": P, "id": "kid", "full": True})
+        assert kid_info["origin"]["node"] == "node-a" and kid_info["parent"] is None
+        assert kid_info["summary"]["loss"] == 50.0
+        assert [r["_step"] for r in mine.run(f"{P}/kid").scan_history()] == list(range(51, 80))
+
+
+def test_one_id_made_on_two_nodes_keeps_both_and_flags_the_later(
+    url: str, start_node: StartNode
+) -> None:
+    a, b = start_node("node-a", url), start_node("node-b", url)
+    first = stepline.init(project=P, id="dup", socket=str(a.socket))
+    for s in range(10):
+        first.log({"loss": float(s), "where": "node-a"}, step=s)
+    first.finish()
+    second = stepline.init(project=P, id="dup", socket=str(b.socket))  # before A shipped
+    for s in range(5):
+        second.log({"loss": -float(s), "where": "node-b"}, step=s)
+    second.finish()
+    wait_replicated(a, b)
+
+    with stepline.Api(clickhouse=url) as cluster:
+        [run] = cluster.runs(P)
+        assert run.node == "node-a"
+        info = cluster._call({"op": "info", "project": P, "id": "dup"})
+        [dup] = info["duplicates"]
+        assert dup["node"] == "node-b"
+        later = cluster.timeline(P, dup["run_no"])
+        rows = steps_and_nodes(list(later.scan_history()))
+        assert rows == [(s, "node-b") for s in range(5)]  # nothing lost
+        flagged = cluster._call({"op": "info", "project": P, "run_no": dup["run_no"]})
+        assert flagged["duplicate_of"] == info["run_no"]
+        assert len(list(cluster.run(f"{P}/dup").scan_history())) == 10
+    with b.api() as mine:  # each node's own run stays as it was
+        assert len(list(mine.run(f"{P}/dup").scan_history())) == 5
+
+
+def test_an_unreachable_cluster_refuses_only_what_needs_it(start_node: StartNode) -> None:
+    nowhere = f"http://default@127.0.0.1:{free_port()}/{database()}"
+    node = start_node("node-a", nowhere)
+    for how in ({"resume": "must"}, {"resume": "allow"}, {"fork_from": "gone?_step=3"}):
+        with pytest.raises(ClusterUnavailable) as err:
+            stepline.init(project=P, id="elsewhere", socket=str(node.socket), **how)
+        message = str(err.value)
+        assert "is not on this node" in message and "could not be asked" in message, message
+        assert "Connection refused" in message
+    # New runs, and runs this node holds, need no cluster.
+    run = stepline.init(project=P, id="here", socket=str(node.socket))
+    run.log({"loss": 1.0}, step=0)
+    run.finish()
+    again = stepline.init(project=P, id="here", resume="must", socket=str(node.socket))
+    assert again.start_step == 1
+    again.finish()
