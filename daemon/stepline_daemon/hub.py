@@ -32,8 +32,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("stepline.server")
 
-# How long an ``init`` continuing a run this node lacks waits for the cluster.
+# How long an ``init`` continuing a run this node lacks waits for the cluster;
+# and one continuing a run it holds (which goes on here if the cluster is slow).
 CLUSTER_ASK_S = 10.0
+CLUSTER_PEEK_S = 2.0
 
 Delivery = list[tuple[Callable[[dict[str, Any]], None], dict[str, Any]]]
 
@@ -170,23 +172,35 @@ class Hub:
         from stepline_daemon.cluster import heads
         from stepline_daemon.cluster.client import ClickHouse
         from stepline_daemon.cluster.reads import ClusterReads
+        from stepline_daemon.cluster.schema import store_of
+        from stepline_daemon.store import changes
 
         url = self.settings.clickhouse
         target = heads.continued(init)
         assert url is not None and target is not None
         run_id, step = target
         with self.gate.shared(), self.store.env.begin() as txn:
-            if self.store.lookup(txn, init.project, run_id) is not None:
-                return init  # this node's own: continued here, as ever
-        reads = ClusterReads.of(ClickHouse(url, timeout=CLUSTER_ASK_S))
+            held = self.store.lookup(txn, init.project, run_id) is not None
+            own = changes.store_id(txn, self.store.meta)
+        # A run this node holds may have gone on elsewhere since (a job back
+        # where it ran before): asked briefly, and continued here if the
+        # cluster cannot say.
+        reads = ClusterReads.of(ClickHouse(url, timeout=CLUSTER_PEEK_S if held else CLUSTER_ASK_S))
         try:
             origin = heads.head(reads, init.project, run_id, step)
         except ClusterUnavailable as exc:
+            if held:
+                log.warning(
+                    "init: continuing %s/%s as this node holds it (%s)", init.project, run_id, exc
+                )
+                return init
             raise ClusterUnavailable(
                 f"run {run_id!r} of project {init.project!r} is not on this node, and the "
                 f"cluster could not be asked ({exc})"
             ) from None
-        return init if origin is None else dataclasses.replace(init, origin=origin)
+        if origin is None or store_of(origin.timeline) == own:
+            return init  # none in the cluster, or this node's own: as ever
+        return dataclasses.replace(init, origin=origin)
 
     async def backup(self, msg: dict[str, Any]) -> dict[str, Any]:
         """File work, so on a read thread; not a read of the model."""

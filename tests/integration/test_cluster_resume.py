@@ -5,13 +5,18 @@ clickhouse-server, real training processes."""
 
 from __future__ import annotations
 
+import itertools
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 
 import stepline
 from stepline.errors import ClusterUnavailable
@@ -122,7 +127,8 @@ def test_a_preempted_job_resumes_on_another_node(url: str, start_node: StartNode
         assert info["node"] == "node-b" and info["state"] == "finished"
         assert info["summary"]["loss"] == 1.0 / 10_000
         assert info["last_step"] == 9999
-        assert [(x["step"], x["last_step"]) for x in info["archived"]] == [(4999, 4999)]
+        # One run, as if it had run on one node: no branch where it moved.
+        assert (info["rows"], info["lineage"], info["archived"]) == (10_000, [], [])
         history = whole.history(keys=["loss"], samples=100_000, pandas=False)
         assert [r["_step"] for r in history] == list(range(10_000))
 
@@ -133,6 +139,34 @@ def test_a_preempted_job_resumes_on_another_node(url: str, start_node: StartNode
         origin = mine._call({"op": "info", "project": P, "id": "job"})["origin"]
         assert origin["node"] == "node-a" and origin["step"] == 4999
         assert origin["cluster"] == url
+
+
+def test_a_job_back_on_its_first_node_goes_on_from_the_cluster(
+    url: str, start_node: StartNode
+) -> None:
+    nodes = {"node-a": start_node("node-a", url), "node-b": start_node("node-b", url)}
+    for leg, name in enumerate(["node-a", "node-b", "node-a"]):
+        node = nodes[name]
+        run = stepline.init(project=P, id="job", resume="allow", socket=str(node.socket))
+        assert run.start_step == 100 * leg, name
+        for s in range(100 * leg, 100 * leg + 100):
+            run.log({"loss": float(s), "where": name}, step=s)
+        run.finish()
+        wait_replicated(node)
+
+    with stepline.Api(clickhouse=url) as cluster:
+        rows = steps_and_nodes(list(cluster.run(f"{P}/job").scan_history()))
+        legs = ["node-a", "node-b", "node-a"]
+        assert rows == [(s, legs[s // 100]) for s in range(300)]
+        info = cluster._call({"op": "info", "project": P, "id": "job", "full": True})
+        assert (info["rows"], info["lineage"], info["archived"]) == (300, [], [])
+    with nodes["node-a"].api() as mine:  # node A: its new part, the old one archived
+        info = mine._call({"op": "info", "project": P, "id": "job", "full": True})
+        assert info["origin"]["node"] == "node-b" and info["origin"]["step"] == 199
+        assert [r["_step"] for r in mine.run(f"{P}/job").scan_history()] == list(range(200, 300))
+        tree = mine._call({"op": "tree", "project": P})["nodes"]
+        [old] = [t for t in tree if t["archived_by"]]
+        assert (old["last_step"], old["archived_by"]) == (99, info["run_no"])
 
 
 def test_rows_a_dead_node_ships_late_become_an_archived_timeline(
@@ -277,3 +311,105 @@ def test_an_unreachable_cluster_refuses_only_what_needs_it(start_node: StartNode
     again = stepline.init(project=P, id="here", resume="must", socket=str(node.socket))
     assert again.start_step == 1
     again.finish()
+
+
+# ------------------------------------------------- one node or two, alike
+
+# An action: (kind, which run, where in it, rows, node in the spread world)
+_ACTIONS = st.lists(
+    st.tuples(
+        st.sampled_from(["new", "resume", "fork", "rewind"]),
+        st.integers(0, 5),
+        st.floats(0, 1),
+        st.integers(1, 12),
+        st.integers(0, 1),
+    ),
+    min_size=2,
+    max_size=7,
+)
+_VOLATILE = {"run_no", "archived_by", "parent_run_no", "created", "updated", "node"}
+_VOLATILE |= {"origin", "peer", "client", "duplicates", "duplicate_of"}
+
+
+def _plain(value: Any) -> Any:
+    """An answer without what differs between two stores of the same history:
+    timeline numbers, times, nodes; and rows without their wall-clock keys."""
+    if isinstance(value, dict):
+        return {
+            k: _plain(v)
+            for k, v in value.items()
+            if k not in _VOLATILE and k not in ("_timestamp", "_runtime")
+        }
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _everything(api: stepline.Api, project: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for run in api.runs(project):
+        info = api._call({"op": "info", "project": project, "id": run.id, "full": True})
+        out[run.id] = {
+            "info": info,
+            "rows": list(api.run(f"{project}/{run.id}").scan_history()),
+            "sampled": api.run(f"{project}/{run.id}").history(samples=5, pandas=False),
+        }
+    return _plain(out)
+
+
+@pytest.fixture(scope="module")
+def worlds(clickhouse: ClickHouseServer) -> Iterator[tuple[Node, list[Node], str, str]]:
+    """One node on one cluster database; two nodes on another."""
+    root = Path(tempfile.mkdtemp(prefix="w-", dir="/tmp"))
+    one_url, two_url = clickhouse.url(database()), clickhouse.url(database())
+    alone = Node(root, "alone", one_url).start()
+    pair = [Node(root, "node-a", two_url).start(), Node(root, "node-b", two_url).start()]
+    yield alone, pair, one_url, two_url
+    for node in (alone, *pair):
+        assert node.stop() == 0, node.log()
+        assert "Traceback" not in node.log(), node.log()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+_EXAMPLES = itertools.count()
+
+
+@settings(
+    max_examples=10,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],  # a shrink costs minutes
+)
+@given(actions=_ACTIONS)
+def test_runs_spread_over_two_nodes_read_as_on_one(
+    worlds: tuple[Node, list[Node], str, str], actions: list[tuple[str, int, float, int, int]]
+) -> None:
+    alone, pair, one_url, two_url = worlds
+    project = f"prop{next(_EXAMPLES)}"
+    last: dict[str, int] = {}  # run id -> its view's last step, as both worlds hold it
+    for i, (kind, which, where, rows, on) in enumerate(actions):
+        ids = sorted(last)
+        if kind != "new" and not ids:
+            kind = "new"
+        run_id = f"r{which}" if kind == "new" else ids[which % len(ids)]
+        if kind == "new" and run_id in last:
+            kind = "resume"
+        step = int(where * max(last.get(run_id, 0), 0))
+        how: dict[str, Any] = {}
+        if kind == "resume":
+            how = {"resume": "must"}
+        elif kind == "fork":
+            how = {"fork_from": f"{run_id}?_step={step}"}
+            run_id = f"f{i}"
+        elif kind == "rewind":
+            how = {"resume_from": f"{run_id}?_step={step}"}
+        for node in (alone, pair[on]):
+            run = stepline.init(project=project, id=run_id, socket=str(node.socket), **how)
+            first = run.start_step
+            for s in range(first, first + rows):
+                run.log({"loss": float(s * 100 + i), "act": i}, step=s, commit=True)
+            run.finish()
+            wait_replicated(node)
+        last[run_id] = first + rows - 1
+    with stepline.Api(clickhouse=one_url) as one, stepline.Api(clickhouse=two_url) as two:
+        assert _everything(two, project) == _everything(one, project)

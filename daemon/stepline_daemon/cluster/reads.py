@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from stepline.errors import ClusterUnavailable, DaemonError, RunNotFound
 from stepline_daemon import describe
-from stepline_daemon.cluster import sql
+from stepline_daemon.cluster import journeys, sql
 from stepline_daemon.cluster.client import ClickHouse, ClickHouseError, ClickHouseUnavailable
 from stepline_daemon.cluster.downsample import Downsample
 from stepline_daemon.cluster.encode import PAGE_COLUMNS, RawRows, record_of, rows_page
@@ -37,6 +37,7 @@ from stepline_daemon.readmodel import (
     Rows,
     RunRef,
 )
+from stepline_daemon.states import State
 
 # Windows a page reads before asking for the rest of the view at once: each
 # widened from what the last held, so sparse rows cost a few round trips.
@@ -137,6 +138,9 @@ class ProjectRecords:
         _, deleted, rec = self._lines[tl]
         assert rec is not None
         rec = {**rec, **{k: v for k, v in why.items() if rec.get(k) is None}}
+        by = why.get("archived_by")
+        if by is not None and not journeys.resumes(self._record_of(by), rec):
+            rec["state"] = State.ARCHIVED.value  # as a rewind on one node leaves it
         self._lines[tl] = (False, deleted, rec)
 
     def _all(self) -> dict[int, tuple[bool, int, Record | None]]:
@@ -271,7 +275,7 @@ class ClusterReads(ReadModel):
 
     def describe(self, rec: Record, full: bool = False) -> dict[str, Any]:
         src = self.records(rec["project"])
-        out = describe.describe(src, rec, full)
+        out = journeys.view(src, rec, describe.describe(src, rec, full), full)
         out["node"] = rec.get("node")
         # One id created on two nodes: the later timeline is flagged, not lost.
         if rec.get("duplicate_of") is not None:

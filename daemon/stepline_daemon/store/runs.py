@@ -139,8 +139,17 @@ def _from_cluster(
                 f"{origin.last_step}"
             )
         run_id, how = remote["id"], "rewind" if req.resume_from is not None else "resume"
-    _count_run(store, txn, req.project)
+    held = store.lookup(txn, req.project, run_id)
+    if held is None:
+        _count_run(store, txn, req.project)
     rec = _new_record(store, txn, req, client, run_id, None, origin.step)
+    if held is not None and held["run_no"] != rec["run_no"]:
+        # This node's timeline of the run, gone on elsewhere since: archived
+        # here as a rewind archives, by the one continuing the cluster's head.
+        held["state"] = transition(held["state"], Event.REWIND)
+        held["archived_by"] = rec["run_no"]
+        held["updated"] = rec["created"]
+        store.put_record(txn, held)
     if how != "fork":  # the same run: its config, name, tags and metrics go on
         rec["config"] = {**remote["config"], **req.config}
         rec["name"] = req.name if req.name is not None else remote["name"]
@@ -148,7 +157,7 @@ def _from_cluster(
         rec["metrics"] = dict(remote["metrics"])
     if how == "resume":
         rec["summary_set"] = dict(remote["summary_set"])
-    rec["origin"] = origin.pointer()
+    rec["origin"] = {**origin.pointer(), "how": how}
     rec["inherited"] = origin.stats
     return _created(store, txn, rec, how)
 
