@@ -47,12 +47,12 @@ def resumed(src: Records, rec: Record) -> list[Record]:
 def head(src: Records, rec: Record) -> Record:
     """The timeline that resumed ``rec`` last (``rec`` itself if none did): its
     run's state is that one's."""
-    while rec["archived_by"] is not None:
-        child = src.record(rec["archived_by"])
-        if not resumes(child, rec):
-            break
+    while True:
+        kids = (src.record(c) for c, _ in src.children(rec["run_no"]))
+        child = next((k for k in kids if resumes(k, rec)), None)
+        if child is None:
+            return rec
         rec = child
-    return rec
 
 
 def lineage(src: Records, rec: Record) -> list[dict[str, Any]]:
