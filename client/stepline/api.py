@@ -192,6 +192,13 @@ class ApiRun:
     last_step = property(lambda self: self._info["last_step"])
     dropped = property(lambda self: self._info["dropped"])
     summary = property(lambda self: self._info["summary"])
+    # A run continued from another node's (``init`` of a run this node lacked):
+    # {"node", "cluster", "timeline", "step"}; the rows up to ``step`` live there.
+    origin = property(lambda self: self._info.get("origin"))
+    # The cluster store: the same id made on other nodes too ({"run_no", "node",
+    # "created"} each), or, on such a later timeline, the run it duplicates.
+    duplicates = property(lambda self: self._info.get("duplicates", []))
+    duplicate_of = property(lambda self: self._info.get("duplicate_of"))
     config = property(lambda self: self._full("config"))
 
     @property

@@ -34,7 +34,14 @@ from tests.clickhouse import ClickHouseServer, free_port
 from tests.cluster_nodes import Node, database, wait_replicated
 from tests.conftest import wait_for
 from tests.integration import test_dashboard
-from tests.integration.test_dashboard import SERIES_JS, WAIT_MS, labels, open_view, series_full
+from tests.integration.test_dashboard import (
+    SERIES_JS,
+    WAIT_MS,
+    labels,
+    open_view,
+    series,
+    series_full,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -387,3 +394,44 @@ def test_an_api_scan_of_the_cluster_reads_ahead_and_stops_when_left(
             for _ in broken:
                 pass
     wait_for(lambda: not readers(), 10, "the scan readers to stop once the Api closed")
+
+
+def test_dashboards_say_where_a_moved_run_lives_and_flag_one_id_made_twice(
+    url: str, start_node: StartNode, browser: Browser, short_tmp: Path
+) -> None:
+    a, b = start_node("node-a", url, http=True), start_node("node-b", url, http=True)
+    log_run(a, "job", range(30)).finish()
+    log_run(a, "dup", range(10)).finish()
+    log_run(b, "dup", range(5), 2.0).finish()  # the same id, before A shipped it
+    wait_replicated(a)
+    moved = stepline.init(project=P, id="job", resume="must", socket=str(b.socket))
+    for s in range(30, 40):
+        moved.log({"loss": 1 / (s + 1)}, step=s, commit=True)
+    moved.finish()
+    wait_replicated(a, b)
+
+    with dashboard(browser, b.http_url) as page:  # node B: its part, and where the rest is
+        open_view(page, f"#/p/{P}/r/job", "run")
+        origin = page.text_content(".meta .origin") or ""
+        assert origin == " · continues node node-a @ step 29; earlier rows are in the cluster"
+        assert series(page, "loss", "job") == {"first": 30, "last": 39, "n": 10}
+
+    serve = Serve(url, short_tmp)
+    try:
+        with dashboard(browser, serve.http_url) as page:  # the cluster: the whole run
+            open_view(page, f"#/p/{P}/r/job", "run")
+            assert series(page, "loss", "job") == {"first": 0, "last": 39, "n": 40}
+            open_view(page, f"#/p/{P}/r/dup", "run")
+            flag = page.text_content(".meta .duplicate") or ""
+            assert flag.startswith(" · same id also made on node node-b (timeline "), flag
+            href = page.get_attribute(".meta .duplicate a", "href") or ""
+            assert href.startswith(f"#/p/{P}/r/dup?run_no="), href
+            open_view(page, href, "run")
+            assert series(page, "loss", "dup (duplicate)") == {"first": 0, "last": 4, "n": 5}
+            flagged = page.text_content(".meta .duplicate") or ""
+            assert flagged.startswith(" · a duplicate: this id was made first as timeline "), (
+                flagged
+            )
+        assert serve.stop() == 0, serve.log()
+    finally:
+        serve.close()

@@ -6,6 +6,7 @@ clickhouse-server, real training processes."""
 from __future__ import annotations
 
 import itertools
+import os
 import shutil
 import subprocess
 import sys
@@ -96,6 +97,20 @@ class Trainer:
         self.proc.wait(10)
 
 
+def cli(*args: str) -> str:
+    """What ``stepline`` prints; it must succeed."""
+    wide = {**os.environ, "COLUMNS": "400"}  # no line cut to a terminal
+    done = subprocess.run(
+        [sys.executable, "-m", "stepline.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=wide,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 def steps_and_nodes(rows: list[dict[str, Any]]) -> list[tuple[int, str]]:
     return [(r["_step"], r["where"]) for r in rows]
 
@@ -139,6 +154,8 @@ def test_a_preempted_job_resumes_on_another_node(url: str, start_node: StartNode
         origin = mine._call({"op": "info", "project": P, "id": "job"})["origin"]
         assert origin["node"] == "node-a" and origin["step"] == 4999
         assert origin["cluster"] == url
+    shown = cli("show", f"{P}/job", "--socket", str(b.socket))
+    assert f"continues  node node-a @ step 4999: earlier rows are in the cluster {url}" in shown
 
 
 def test_a_job_back_on_its_first_node_goes_on_from_the_cluster(
@@ -291,6 +308,8 @@ def test_one_id_made_on_two_nodes_keeps_both_and_flags_the_later(
         flagged = cluster._call({"op": "info", "project": P, "run_no": dup["run_no"]})
         assert flagged["duplicate_of"] == info["run_no"]
         assert len(list(cluster.run(f"{P}/dup").scan_history())) == 10
+    shown = cli("show", f"{P}/dup", "--clickhouse", url)
+    assert f"same id  timeline {dup['run_no']} on node node-b" in shown, shown
     with b.api() as mine:  # each node's own run stays as it was
         assert len(list(mine.run(f"{P}/dup").scan_history())) == 5
 

@@ -128,6 +128,19 @@ def _fields(run: ApiRun) -> list[tuple[str, str]]:
     if parent is not None:
         rewind = " (this run's timeline before a rewind)" if parent[0] == run.id else ""
         out.append(("parent", f"{parent[0]} @ step {parent[1]}{rewind}"))
+    origin = run.origin
+    if origin is not None:
+        out.append(
+            (
+                "continues",
+                f"node {origin['node']} @ step {origin['step']}: earlier rows are in the "
+                f"cluster {origin['cluster']} (timeline {origin['timeline']})",
+            )
+        )
+    if run.duplicate_of is not None:
+        out.append(("duplicate", f"of timeline {run.duplicate_of}: the same id made first there"))
+    dups = [f"timeline {d['run_no']} on node {d['node']}" for d in run.duplicates]
+    out += _listed("same id", dups)
     out += _listed("lineage", [_link(a) for a in run.lineage_refs])
     out += _listed("children", [_link(c) for c in run.children_refs])
     out += _listed("rewound", list(_rewinds(run)))

@@ -34,15 +34,18 @@ export async function runView(ctx, project, id, runNo) {
   // The fork parent: the nearest ancestor with another id (nearer ones are this
   // run's own timelines, replaced by rewinds).
   const forkParent = (run.lineage ?? []).find((a) => a.id !== run.id) ?? null;
+  // A timeline that is not its id's run (in the cluster, the later of one id
+  // made on two nodes) is read by its number, as an archived one is.
+  const duplicateView = run.duplicate_of !== null && run.duplicate_of !== undefined;
   const self = chartSource({
     id: run.id,
-    runNo: archivedView ? run.run_no : null,
-    label: archivedView ? `${run.id} (archived)` : run.id,
+    runNo: archivedView || duplicateView ? run.run_no : null,
+    label: archivedView ? `${run.id} (archived)` : duplicateView ? `${run.id} (duplicate)` : run.id,
     color: PALETTE[0],
     dash: archivedView ? ARCHIVED_DASH : null,
     minStep: forkParent?.step ?? 0,
     marker: forkParent?.step ?? null,
-    live: run.state === "running" && !archivedView,
+    live: run.state === "running" && !archivedView && !duplicateView,
     knownLastStep: run.last_step,
   });
   const others = [];
@@ -186,5 +189,26 @@ function runMeta(project, run, forkParent) {
         ]
       : null,
     older.length ? ` · rewound ${older.length}× (last at step ${older[0].step})` : null,
+    // Continued from another node (this node shows its own rows only).
+    run.origin
+      ? h(
+          "span",
+          { class: "origin", title: `timeline ${run.origin.timeline} in ${run.origin.cluster}` },
+          ` · continues node ${run.origin.node} @ step ${run.origin.step}; earlier rows are in the cluster`,
+        )
+      : null,
+    // The cluster store: one id made on two nodes keeps both, the later flagged.
+    (run.duplicates ?? []).map((d) =>
+      h("span", { class: "duplicate" }, [
+        " · same id also made on node ",
+        h("a", { href: link.run(project, run.id, d.run_no) }, `${d.node} (timeline ${d.run_no})`),
+      ]),
+    ),
+    run.duplicate_of != null
+      ? h("span", { class: "duplicate" }, [
+          " · a duplicate: this id was made first as ",
+          h("a", { href: link.run(project, run.id, null) }, `timeline ${run.duplicate_of}`),
+        ])
+      : null,
   );
 }
