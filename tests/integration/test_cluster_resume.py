@@ -394,7 +394,7 @@ _EXAMPLES = itertools.count()
 
 
 @settings(
-    max_examples=10,
+    max_examples=5,
     deadline=None,
     suppress_health_check=list(HealthCheck),
     phases=[Phase.explicit, Phase.reuse, Phase.generate],  # a shrink costs minutes
