@@ -111,7 +111,17 @@ def open_view(page: Page, fragment: str, view: str) -> None:
 
 
 def wait_ready(page: Page, view: str) -> None:
-    page.wait_for_selector(f"body[data-view={view}][data-state=ready]")
+    """Wait until ``view`` finished loading for the hash the page shows now: after a
+    click, the hash changes before the router runs, so the body may still say
+    ``ready`` for the page before."""
+    page.wait_for_function(
+        """(view) => {
+            const b = document.body.dataset;
+            return b.view === view && b.state === "ready"
+                && b.route === (location.hash.replace(/^#/, "") || "/");
+        }""",
+        arg=view,
+    )
 
 
 def series(page: Page, metric: str, label: str) -> dict[str, Any]:

@@ -6,7 +6,9 @@
 //   #/p/PROJECT/compare?runs=a,b    several runs on one chart per metric
 //   #/p/PROJECT/tree[/RUNID]        fork tree (of the run's family, or of the whole project)
 //
-// <body data-view data-state> says which view is up and whether it finished loading.
+// <body data-view data-route data-state> says which view is up, for which hash, and
+// whether it finished loading. The route matters to whoever waits: the hash changes
+// before this runs, so "ready" alone may still be the previous page's.
 
 import { ApiError } from "./api.js";
 import { showError, ViewContext } from "./page.js";
@@ -22,6 +24,7 @@ export async function route() {
   current?.close();
   window.__charts = {};
   const raw = location.hash.replace(/^#/, "") || "/";
+  document.body.dataset.route = raw;
   const [path, query = ""] = raw.split("?", 2);
   const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
   const params = new URLSearchParams(query);
